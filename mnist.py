@@ -1,0 +1,686 @@
+"""C-scores of the MNIST training set, estimated by training many small MLPs at once.
+
+Reference: Ziheng Jiang, Chiyuan Zhang, Kunal Talwar, Michael C. Mozer. "Characterizing
+Structural Regularities of Labeled Data in Overparameterized Models". ICML 2021.
+https://arxiv.org/abs/2002.03206
+
+The consistency score (C-score) of a training example (x, y) from a data set D of n examples is
+the expected accuracy on it of models trained on random subsets of the *other* examples:
+
+    C(x, y) = E_r  E_{S ~ D \\ {(x, y)}, |S| = r n}  P[ f(x; S) = y ]
+
+It is estimated by holdout. For each subset ratio r in 0.1, 0.2, ..., 0.9, train R models, run
+s on a uniform random subset S_{r,s} of int(n r) examples. Then, for example i,
+
+    C_r(i) = sum_s [i not in S_{r,s}] [f_{r,s}(x_i) = y_i]  /  sum_s [i not in S_{r,s}]
+    C(i)   = mean of C_r(i) over the ratios r at which some run held i out
+
+Typical digits get C close to 1; ambiguous, odd or mislabeled ones get C close to 0.
+
+This script reproduces the authors' MNIST demo (same data order, model, optimiser, subsets and
+estimator) and differs from it in how the work is done:
+  * K models of one ratio train in lockstep in one compiled TensorFlow loop: weights stacked as
+    [K, in, out], one batched matmul per layer, each model with its own subset, batch order and
+    initialisation. This keeps a GPU, or the cores of a CPU, busy.
+  * Every finished group of runs is saved at once to a results store in the output directory,
+    so a stopped run resumes where it stopped, and a larger --runs only adds runs.
+  * An example that no run held out at some ratio has no estimate there; that ratio is left out
+    of its mean instead of counting as 0.
+
+Usage:
+    python mnist.py                                   # full protocol: 9 ratios x 200 runs
+    python mnist.py --runs 4 --manual-dir DIR         # small, offline, DIR holds MNIST's .gz
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: no start-up log
+
+import numpy as np
+from tqdm import tqdm
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+  """Hides what native libraries write to stderr (TensorFlow logs some lines before its own
+  log level applies); Python's exceptions are raised as usual."""
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+with native_stderr_silenced():
+  import tensorflow as tf
+
+
+# ------------------------------------------------------------------------------------------------
+# Settings: the paper's defaults; the command line overrides them.
+# ------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  ratios: tuple = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # subset sizes, as parts of n
+  runs: int = 200              # models trained per ratio
+  seed: int = 0                # run seeds are seed, seed + 1, ..., seed + runs - 1
+  epochs: int = 10
+  batch_size: int = 128
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  hidden: tuple = (512, 256)   # MLP 784 -> 512 -> 256 -> 10
+  precision: str = 'float32'   # or 'bfloat16': bf16 matmuls, fp32 weights, loss and updates
+  models_at_once: int = 0      # K; 0 picks it from the device
+
+
+# What a stored run depends on. A store made with other values is refused, not mixed in.
+TRAINING_SETTINGS = ('epochs', 'batch_size', 'learning_rate', 'momentum', 'hidden', 'precision')
+
+NUM_CLASSES = 10
+
+
+class CScoreError(Exception):
+  """A problem the user can fix; main() prints it as one line, without a traceback."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: MNIST's 60,000 training examples, in tensorflow-datasets' order.
+# ------------------------------------------------------------------------------------------------
+
+MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+               't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
+MNIST_HOST = 'storage.googleapis.com'  # where tfds downloads MNIST from
+
+
+def mnist_download_config(manual_dir):
+  """tfds download settings: the official files from manual_dir when given."""
+  import tensorflow_datasets as tfds
+  if manual_dir is None:
+    return tfds.download.DownloadConfig()
+  missing = [f for f in MNIST_FILES if not os.path.isfile(os.path.join(manual_dir, f))]
+  if missing:
+    raise CScoreError(f'--manual-dir {manual_dir}: missing {", ".join(missing)} '
+                      f'(it must hold the four official MNIST files: {", ".join(MNIST_FILES)})')
+  return tfds.download.DownloadConfig(manual_dir=manual_dir)
+
+
+def network_reachable(host=MNIST_HOST, timeout=5.0):
+  """Whether the download host resolves and answers; tfds itself retries for minutes."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def load_mnist(data_dir=None, manual_dir=None):
+  """MNIST's training split as (images uint8 [n, 784], labels int32 [n]), in tfds' order.
+
+  Pixels stay uint8 here (47 MB); the trainer scales them to [0, 1] after gathering a batch."""
+  with native_stderr_silenced():
+    import tensorflow_datasets as tfds
+  builder = tfds.builder('mnist', data_dir=data_dir)
+  if not builder.is_prepared():
+    config = mnist_download_config(manual_dir)
+    if manual_dir is None and not os.environ.get('HTTPS_PROXY') and not network_reachable():
+      raise CScoreError(
+          f'MNIST is not prepared in {builder.data_dir} and {MNIST_HOST} cannot be reached. '
+          'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '
+          f'({", ".join(MNIST_FILES)}).')
+    try:
+      builder.download_and_prepare(download_config=config)
+    except Exception as e:  # tfds' checksum and download errors: keep their first line
+      raise CScoreError(f'preparing MNIST failed: {str(e).strip().splitlines()[0]}') from e
+  data = tfds.as_numpy(builder.as_dataset(split='train', batch_size=-1, shuffle_files=False))
+  images = data['image'].reshape(len(data['image']), -1)
+  return images, data['label'].astype(np.int32)
+
+
+def data_fingerprint(images, labels):
+  """A short hash of the data, so that a store is never mixed with runs on other data."""
+  h = hashlib.sha256()
+  h.update(np.ascontiguousarray(images).tobytes())
+  h.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
+  return f'{len(labels)}:{h.hexdigest()[:16]}'
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs: the training subset and the batch order of run s at ratio r.
+# ------------------------------------------------------------------------------------------------
+
+def subset_size(n, ratio):
+  return int(n * ratio)
+
+
+def run_generator(seed, n, ratio):
+  """The run's random state after drawing its subset, and the subset (as the authors did:
+  RandomState(seed).choice, then the epochs' permutations from the same state)."""
+  rs = np.random.RandomState(seed)
+  subset = rs.choice(n, size=subset_size(n, ratio), replace=False)
+  return rs, subset
+
+
+def training_subset(seed, n, ratio):
+  """Indices of the examples that run `seed` trains on at `ratio`."""
+  return run_generator(seed, n, ratio)[1]
+
+
+def held_out_mask(seed, n, ratio):
+  mask = np.ones(n, dtype=bool)
+  mask[training_subset(seed, n, ratio)] = False
+  return mask
+
+
+def batch_order(seed, n, ratio, epochs, batch_size):
+  """[epochs, steps, batch_size] example indices of the run's batches, a fresh permutation of
+  the subset each epoch. The last, smaller batch is padded with index 0; see batch_weights."""
+  rs, subset = run_generator(seed, n, ratio)
+  steps = -(-len(subset) // batch_size)
+  order = np.zeros((epochs, steps * batch_size), dtype=np.int32)
+  for e in range(epochs):
+    order[e, :len(subset)] = subset[rs.permutation(len(subset))]
+  return order.reshape(epochs, steps, batch_size)
+
+
+def batch_weights(m, batch_size):
+  """[steps, batch_size] weights: 1 for real examples, 0 for the padding of the last batch."""
+  steps = -(-m // batch_size)
+  w = np.zeros(steps * batch_size, dtype=np.float32)
+  w[:m] = 1
+  return w.reshape(steps, batch_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model ensemble: K MLPs, weights stacked along a leading axis.
+# ------------------------------------------------------------------------------------------------
+
+def layer_sizes(config, input_size=784):
+  return (input_size, *config.hidden, NUM_CLASSES)
+
+
+def init_mlp(seed, sizes):
+  """One MLP's [W1, b1, W2, b2, ...] as JAX's stax.Dense initialises them: W glorot normal
+  (normal truncated at 2 std, variance 2 / (fan_in + fan_out)), b normal with std 0.01."""
+  rng = np.random.default_rng([seed, 0x5EED])
+  params = []
+  for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    w = rng.standard_normal((fan_in, fan_out))
+    while (bad := np.abs(w) > 2).any():  # redraw outside [-2, 2]: a truncated normal
+      w[bad] = rng.standard_normal(bad.sum())
+    std = np.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978  # std of N(0,1) cut at +-2
+    params += [(w * std).astype(np.float32), (0.01 * rng.standard_normal(fan_out)).astype(np.float32)]
+  return params
+
+
+def stack_models(models):
+  """[K models] of [W1, b1, ...] -> [W1 [K, ...], b1 [K, ...], ...]."""
+  return [np.stack(p) for p in zip(*models)]
+
+
+def matmul(a, b, precision, **kwargs):
+  """a @ b per model, in fp32 or with bf16 inputs; the result is fp32."""
+  if precision == 'bfloat16':
+    a, b = tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)
+    return tf.cast(tf.matmul(a, b, **kwargs), tf.float32)
+  return tf.matmul(a, b, **kwargs)
+
+
+def ensemble_forward(params, x, precision='float32'):
+  """Logits [K, B, 10] and hidden activations of K MLPs on their own inputs x [K, B, in]."""
+  activations = [x]
+  for i in range(0, len(params), 2):
+    w, b = params[i], params[i + 1]
+    z = matmul(activations[-1], w, precision) + b[:, None, :]
+    if i + 2 < len(params):
+      z = tf.nn.relu(z)
+    activations.append(z)
+  return activations[-1], activations[:-1]
+
+
+def ensemble_loss(params, x, y, weight, precision='float32'):
+  """Sum over the K models of each one's mean NLL over its batch, so that the gradient with
+  respect to model k's weights is exactly model k's own gradient."""
+  logits, _ = ensemble_forward(params, x, precision)
+  nll = -tf.gather(tf.nn.log_softmax(logits), y, batch_dims=2)
+  return tf.reduce_sum(tf.reduce_sum(nll * weight, -1) / tf.reduce_sum(weight))
+
+
+def ensemble_gradients(params, x, y, weight, precision='float32'):
+  """Gradient of ensemble_loss, by hand: it skips what autodiff would do for the inputs x, and
+  uses transposed matmuls instead of materialised transposes."""
+  logits, activations = ensemble_forward(params, x, precision)
+  delta = (tf.nn.softmax(logits) - tf.one_hot(y, NUM_CLASSES)) * (weight / tf.reduce_sum(weight))[:, None]
+  grads = []
+  for i in reversed(range(0, len(params), 2)):
+    a = activations[i // 2]
+    grads = [matmul(a, delta, precision, transpose_a=True), tf.reduce_sum(delta, 1)] + grads
+    if i > 0:
+      delta = matmul(delta, params[i], precision, transpose_b=True) * tf.cast(a > 0, tf.float32)
+  return grads
+
+
+# ------------------------------------------------------------------------------------------------
+# Training: whole epochs of K models inside one compiled function.
+# ------------------------------------------------------------------------------------------------
+
+class EnsembleTrainer:
+  """Compiled training and evaluation of K models at once on one data set held on the device."""
+
+  def __init__(self, images, labels, config, eval_rows=160_000):
+    self.config = config
+    self.images = tf.constant(images)   # uint8; cast after the gather, 4x less to gather
+    self.labels = tf.constant(labels, tf.int32)
+    self.eval_rows = eval_rows          # K x chunk rows per evaluation call bound its memory
+    self._train_epoch = tf.function(self._epoch, reduce_retracing=True)
+    self._predict = tf.function(self._predict_chunk, reduce_retracing=True)
+
+  def _inputs(self, idx):
+    return tf.cast(tf.gather(self.images, idx), tf.float32) * (1.0 / 255.0)
+
+  def _epoch(self, params, velocity, order, weight):
+    """One epoch: order [K, steps, B] indices, weight [steps, B]; SGD with momentum
+    v <- momentum v + g, w <- w - lr v (as jax.example_libraries.optimizers.momentum)."""
+    c = self.config
+
+    def step(s, params, velocity):
+      idx = order[:, s]
+      grads = ensemble_gradients(params, self._inputs(idx), tf.gather(self.labels, idx),
+                                 weight[s], c.precision)
+      velocity = [c.momentum * v + g for v, g in zip(velocity, grads)]
+      params = [p - c.learning_rate * v for p, v in zip(params, velocity)]
+      return s + 1, params, velocity
+
+    _, params, velocity = tf.while_loop(lambda s, *_: s < tf.shape(order)[1], step,
+                                        (tf.constant(0), params, velocity))
+    return params, velocity
+
+  def _predict_chunk(self, params, start, size):
+    x = self._inputs(tf.range(start, start + size))[None]  # [1, chunk, in]: matmul broadcasts
+    logits, _ = ensemble_forward(params, x, self.config.precision)
+    return tf.argmax(logits, -1, output_type=tf.int32) == self.labels[start:start + size][None]
+
+  def train(self, seeds, ratio, on_epoch=None):
+    """Trains the runs `seeds` of `ratio` together; returns their final weights."""
+    c, n = self.config, len(self.labels)
+    params = [tf.constant(p) for p in stack_models([init_mlp(s, layer_sizes(c)) for s in seeds])]
+    velocity = [tf.zeros_like(p) for p in params]
+    orders = np.stack([batch_order(s, n, ratio, c.epochs, c.batch_size) for s in seeds], axis=1)
+    weight = tf.constant(batch_weights(subset_size(n, ratio), c.batch_size))
+    for epoch in range(c.epochs):
+      params, velocity = self._train_epoch(params, velocity, tf.constant(orders[epoch]), weight)
+      if on_epoch:
+        on_epoch(epoch)
+    return params
+
+  def correct(self, params):
+    """[K, n] bool: which examples each model classifies correctly."""
+    n, k = len(self.labels), int(params[0].shape[0])
+    chunk = max(1000, self.eval_rows // k)
+    return np.concatenate([self._predict(params, tf.constant(s), tf.constant(min(chunk, n - s))).numpy()
+                           for s in range(0, n, chunk)], axis=1)
+
+
+def accelerators():
+  """The GPUs TensorFlow sees. Its first device query also starts its runtime, which logs
+  (e.g. a failed CUDA init on a CPU machine) past TF_CPP_MIN_LOG_LEVEL: hence the silence."""
+  with native_stderr_silenced():
+    return tf.config.list_physical_devices('GPU')
+
+
+def default_models_at_once(runs):
+  """K: on a CPU, throughput is flat beyond K of about 8-16; a GPU wants more models."""
+  k = 64 if accelerators() else 16
+  return max(1, min(k, runs))
+
+
+def train_run_group(trainer, ratio, seeds, on_epoch=None):
+  """Trains runs `seeds` at `ratio`; returns (held_out [K, n] bool, correct [K, n] bool)."""
+  n = len(trainer.labels)
+  params = trainer.train(seeds, ratio, on_epoch)
+  held_out = np.stack([held_out_mask(s, n, ratio) for s in seeds])
+  return held_out, trainer.correct(params)
+
+
+# ------------------------------------------------------------------------------------------------
+# Results store: every finished run, saved as it finishes.
+#
+#   OUT/cscore-runs/settings.json     what the runs depend on (training settings, data hash)
+#   OUT/cscore-runs/runs-*.npz        one file per group: ratio, seeds, held-out and correct
+#                                     masks, bit-packed (7.5 KB each per run)
+# Each file is written to a temporary name and renamed, so a killed run never leaves half a file.
+# ------------------------------------------------------------------------------------------------
+
+STORE_DIR = 'cscore-runs'
+SETTINGS_FILE = 'settings.json'
+
+
+def store_settings(config, fingerprint):
+  s = {k: getattr(config, k) for k in TRAINING_SETTINGS}
+  s['hidden'] = list(s['hidden'])
+  s['data'] = fingerprint
+  return s
+
+
+def write_atomically(path, write):
+  """Calls write(file) on a temporary file beside path, then renames it to path."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+
+
+def open_store(out_dir, settings, fresh=False):
+  """The store's folder, created or checked against `settings`; `fresh` empties it first."""
+  path = os.path.join(out_dir, STORE_DIR)
+  settings_path = os.path.join(path, SETTINGS_FILE)
+  if fresh and os.path.isdir(path):
+    for name in os.listdir(path):
+      if name.endswith('.npz') or name == SETTINGS_FILE or name.startswith('.tmp-'):
+        os.unlink(os.path.join(path, name))
+  os.makedirs(path, exist_ok=True)
+  if not os.path.exists(settings_path):
+    write_atomically(settings_path, lambda f: f.write(json.dumps(settings, indent=1).encode()))
+    return path
+  try:
+    with open(settings_path) as f:
+      stored = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CScoreError(f'{settings_path} is unreadable ({e}); use --fresh to start over') from e
+  diffs = [f'{k}: store has {stored.get(k)!r}, this run {v!r}'
+           for k, v in settings.items() if stored.get(k) != v]
+  if diffs:
+    raise CScoreError(f'the results store {path} was made with other settings '
+                      f'({"; ".join(diffs)}); use them, another --out-dir, or --fresh')
+  return path
+
+
+def save_runs(store, ratio, seeds, held_out, correct):
+  name = f'runs-r{ratio:.4f}-s{seeds[0]:06d}-{seeds[-1]:06d}-k{len(seeds)}.npz'
+  arrays = dict(ratio=np.float64(ratio), seeds=np.asarray(seeds, np.int64),
+                n=np.int64(held_out.shape[1]),
+                held_out=np.packbits(held_out, axis=1), correct=np.packbits(correct, axis=1))
+  write_atomically(os.path.join(store, name), lambda f: np.savez(f, **arrays))
+
+
+def ratio_key(ratio):
+  return round(float(ratio), 6)
+
+
+def load_runs(store):
+  """{(ratio, seed): (held_out [n] bool, correct [n] bool)} of every run in the store."""
+  runs = {}
+  for name in sorted(os.listdir(store)):
+    if not (name.startswith('runs-') and name.endswith('.npz')):
+      continue
+    path = os.path.join(store, name)
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        ratio, seeds, n = float(f['ratio']), f['seeds'], int(f['n'])
+        held_out = np.unpackbits(f['held_out'], axis=1, count=n).astype(bool)
+        correct = np.unpackbits(f['correct'], axis=1, count=n).astype(bool)
+    except Exception as e:
+      raise CScoreError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
+                        'delete it to retrain its runs, or use --fresh to start over') from e
+    for s, h, c in zip(seeds, held_out, correct):
+      runs[ratio_key(ratio), int(s)] = (h, c)
+  return runs
+
+
+def planned_groups(config, done, k):
+  """The (ratio, seeds) groups still to train, round-robin over ratios: a run stopped early
+  has runs at every ratio, so its partial scores mean something."""
+  per_ratio = []
+  for ratio in config.ratios:
+    todo = [s for s in range(config.seed, config.seed + config.runs)
+            if (ratio_key(ratio), s) not in done]
+    per_ratio.append([(ratio, todo[i:i + k]) for i in range(0, len(todo), k)])
+  rounds = max((len(g) for g in per_ratio), default=0)
+  return [g[j] for j in range(rounds) for g in per_ratio if j < len(g)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Estimation: C-scores from the stored runs.
+# ------------------------------------------------------------------------------------------------
+
+def runs_at_ratio(runs, config, ratio):
+  """(held_out [R, n], correct [R, n]) of this command's runs at `ratio` that are done."""
+  found = [runs[ratio_key(ratio), s] for s in range(config.seed, config.seed + config.runs)
+           if (ratio_key(ratio), s) in runs]
+  if not found:
+    return None
+  return np.stack([h for h, _ in found]), np.stack([c for _, c in found])
+
+
+def holdout_score(held_out, correct):
+  """(C_r per example, held-out count per example): the fraction of the runs that held an
+  example out which classify it correctly; NaN where no run held it out."""
+  count = held_out.sum(0)
+  hits = (held_out & correct).sum(0)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(count > 0, hits / np.maximum(count, 1), np.nan), count
+
+
+def cscores(per_ratio):
+  """C-score per example: mean over the ratios that have an estimate; NaN if none has."""
+  per_ratio = np.asarray(per_ratio, dtype=np.float64)
+  counted = ~np.isnan(per_ratio)
+  total = np.where(counted, per_ratio, 0).sum(0)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(counted.any(0), total / counted.sum(0), np.nan)
+
+
+def heldout_accuracy(held_out, correct):
+  """Mean over runs of each run's accuracy on the examples it held out."""
+  return float(np.mean((held_out & correct).sum(1) / np.maximum(held_out.sum(1), 1)))
+
+
+def estimate(runs, config, n):
+  """Per-ratio scores [ratios, n], held-out counts [ratios, n], C-scores [n], and each ratio's
+  (runs done, mean held-out accuracy)."""
+  per_ratio = np.full((len(config.ratios), n), np.nan)
+  counts = np.zeros((len(config.ratios), n), dtype=np.int64)
+  summary = []
+  for j, ratio in enumerate(config.ratios):
+    found = runs_at_ratio(runs, config, ratio)
+    if found is None:
+      summary.append((ratio, 0, float('nan')))
+      continue
+    per_ratio[j], counts[j] = holdout_score(*found)
+    summary.append((ratio, len(found[0]), heldout_accuracy(*found)))
+  return per_ratio, counts, cscores(per_ratio), summary
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures
+# ------------------------------------------------------------------------------------------------
+
+def extreme_examples(scores, labels, digit, per_side):
+  """Indices of the `per_side` highest- and lowest-scored examples of a class (NaN skipped)."""
+  idx = np.flatnonzero((labels == digit) & ~np.isnan(scores))
+  ranked = idx[np.argsort(-scores[idx], kind='stable')]
+  return ranked[:per_side], ranked[::-1][:per_side]
+
+
+def examples_figure(images, labels, scores, path, per_side=10):
+  """Per digit, one row: the highest-scored examples, a gap, the lowest-scored ones."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  images = images.reshape(-1, 28, 28)
+  gap = 1
+  cols = 2 * per_side + gap
+  fig, axes = plt.subplots(NUM_CLASSES, cols, figsize=(0.45 * cols, 0.45 * NUM_CLASSES),
+                           gridspec_kw=dict(wspace=0.05, hspace=0.05))
+  for digit in range(NUM_CLASSES):
+    high, low = extreme_examples(scores, labels, digit, per_side)
+    cells = list(high) + [None] * (per_side - len(high) + gap) + list(low)
+    for col, ax in enumerate(axes[digit]):
+      ax.set_axis_off()
+      if col < len(cells) and cells[col] is not None:
+        ax.imshow(images[cells[col]], cmap='gray_r', vmin=0, vmax=255)
+  axes[0, per_side // 2].set_title('highest C-scores', loc='left', fontsize=9)
+  axes[0, per_side + gap + per_side // 2].set_title('lowest C-scores', loc='left', fontsize=9)
+  fig.savefig(path, bbox_inches='tight')
+  plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+
+def parse_ratios(text):
+  try:
+    ratios = tuple(float(r) for r in text.split(','))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'not a comma-separated list of numbers: {text!r}')
+  bad = [r for r in ratios if not 0 < r < 1]
+  if bad:
+    raise argparse.ArgumentTypeError(f'ratios must lie strictly between 0 and 1, got {bad[0]}')
+  if len(set(map(ratio_key, ratios))) != len(ratios):
+    raise argparse.ArgumentTypeError(f'repeated ratio in {text!r}')
+  return ratios
+
+
+def positive_int(text):
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'not a whole number: {text!r}')
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+  return value
+
+
+def non_negative_int(text):
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'not a whole number: {text!r}')
+  if value < 0:
+    raise argparse.ArgumentTypeError(f'must be 0 or more, got {value}')
+  return value
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+  def error(self, message):
+    self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def parse_args(argv=None):
+  """(Config, argparse namespace with the paths and --fresh)."""
+  d = Config()
+  p = OneLineErrorParser(
+      prog='mnist.py', description='Estimate the C-score of every MNIST training example.',
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument('--runs', type=positive_int, default=d.runs, help='models trained per ratio')
+  p.add_argument('--ratios', type=parse_ratios, default=d.ratios,
+                 help='subset ratios, comma-separated, each in (0, 1)')
+  p.add_argument('--epochs', type=positive_int, default=d.epochs)
+  p.add_argument('--batch-size', type=positive_int, default=d.batch_size)
+  p.add_argument('--seed', type=non_negative_int, default=d.seed, help='first run seed')
+  p.add_argument('--precision', choices=('float32', 'bfloat16'), default=d.precision)
+  p.add_argument('--models-at-once', type=non_negative_int, default=d.models_at_once,
+                 help='K, the models trained together; 0 picks it from the device')
+  p.add_argument('--out-dir', default='.', help='where the outputs and the results store go')
+  p.add_argument('--data-dir', default=None, help="tensorflow-datasets' data dir")
+  p.add_argument('--manual-dir', default=None,
+                 help='a folder holding the four official MNIST .gz files, for offline machines')
+  p.add_argument('--fresh', action='store_true', help='discard the results store and start over')
+  args = p.parse_args(argv)
+  config = dataclasses.replace(d, runs=args.runs, ratios=args.ratios, epochs=args.epochs,
+                               batch_size=args.batch_size, seed=args.seed,
+                               precision=args.precision, models_at_once=args.models_at_once)
+  return config, args
+
+
+def summary_lines(summary, scores, trained, seconds):
+  lines = ['held-out accuracy per ratio (runs done):']
+  lines += [f'  {r:.2f}: {acc:.4f} ({k})' for r, k, acc in summary]
+  valid = scores[~np.isnan(scores)]
+  lines.append(f'C-scores: {len(valid)} examples scored, {int(np.isnan(scores).sum())} never held out; '
+               f'{(valid < 0.5).sum()} below 0.5, {(valid < 0.1).sum()} below 0.1')
+  rate = trained / seconds if seconds > 0 else float('nan')
+  lines.append(f'models trained now: {trained} in {datetime.timedelta(seconds=round(seconds))} '
+               f'({rate:.3f} models/s); models in the estimate: {sum(k for _, k, _ in summary)}')
+  return lines
+
+
+def write_outputs(out_dir, images, labels, runs, config):
+  per_ratio, counts, scores, summary = estimate(runs, config, len(labels))
+  np.save(os.path.join(out_dir, 'cscores.npy'), scores.astype(np.float32))
+  if not np.isnan(scores).all():
+    examples_figure(images, labels, scores, os.path.join(out_dir, 'mnist-examples.pdf'))
+  return scores, summary
+
+
+def main(argv=None):
+  config, args = parse_args(argv)
+  start = time.perf_counter()
+  accelerators()
+  try:
+    os.makedirs(args.out_dir, exist_ok=True)
+    images, labels = load_mnist(args.data_dir, args.manual_dir)
+    store = open_store(args.out_dir, store_settings(config, data_fingerprint(images, labels)),
+                       fresh=args.fresh)
+    runs = load_runs(store)
+  except CScoreError as e:
+    print(f'mnist.py: error: {e}', file=sys.stderr)
+    return 1
+  except OSError as e:
+    print(f'mnist.py: error: {e}', file=sys.stderr)
+    return 1
+
+  k = config.models_at_once or default_models_at_once(config.runs)
+  groups = planned_groups(config, runs, k)
+  todo = sum(len(s) for _, s in groups)
+  print(f'{len(labels)} examples; {len(config.ratios)} ratios x {config.runs} runs: '
+        f'{len(config.ratios) * config.runs - todo} done, {todo} to train, {k} at a time')
+  trainer = EnsembleTrainer(images, labels, config)
+  trained, interrupted = 0, False
+  with tqdm(total=todo, unit='model', dynamic_ncols=True, smoothing=0.1,
+            bar_format='{l_bar}{bar}| {n:.1f}/{total} models [{elapsed}<{remaining}, {rate_fmt}]') as bar:
+    try:
+      for ratio, seeds in groups:
+        bar.set_description(f'ratio {ratio:.2f}')
+        held_out, correct = train_run_group(
+            trainer, ratio, seeds, on_epoch=lambda e: bar.update(len(seeds) / config.epochs))
+        save_runs(store, ratio, seeds, held_out, correct)
+        for s, h, c in zip(seeds, held_out, correct):
+          runs[ratio_key(ratio), s] = (h, c)
+        trained += len(seeds)
+    except KeyboardInterrupt:
+      interrupted = True
+  scores, summary = write_outputs(args.out_dir, images, labels, runs, config)
+  for line in summary_lines(summary, scores, trained, time.perf_counter() - start):
+    print(line)
+  if interrupted:
+    print('interrupted: finished runs are kept; run the same command again to resume',
+          file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,41 @@
+"""Shared fixtures: the script as a module, small synthetic data, and the real MNIST prepared
+once per test session from the official files in ../shared/mnist (no network needed)."""
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MANUAL_DIR = pathlib.Path(os.environ.get('MNIST_MANUAL_DIR', ROOT.parent / 'shared' / 'mnist'))
+
+
+@pytest.fixture(scope='session')
+def mnist_module():
+  import mnist
+  return mnist
+
+
+@pytest.fixture
+def synthetic_data():
+  """600 examples of MNIST's shape whose label is readable from the pixels (learnable)."""
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 10, 600).astype(np.int32)
+  images = rng.integers(0, 60, (600, 784)).astype(np.uint8)
+  for digit in range(10):  # a bright bar per class
+    images[labels == digit, digit * 78:(digit + 1) * 78] = 255
+  return images, labels
+
+
+@pytest.fixture(scope='session')
+def mnist_data_dir(tmp_path_factory):
+  """A tfds data dir holding the real MNIST, prepared from MANUAL_DIR."""
+  if not MANUAL_DIR.is_dir():
+    pytest.skip(f'no MNIST files at {MANUAL_DIR} (set MNIST_MANUAL_DIR)')
+  import mnist
+  data_dir = tmp_path_factory.mktemp('tfds')
+  mnist.load_mnist(str(data_dir), str(MANUAL_DIR))
+  return data_dir

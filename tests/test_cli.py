@@ -1,0 +1,61 @@
+"""The command line: flags map onto the settings; every mistake is one line and an exit code."""
+import pytest
+
+import mnist
+
+
+def parse_error(capsys, *argv):
+  with pytest.raises(SystemExit) as e:
+    mnist.parse_args(list(argv))
+  err = capsys.readouterr().err
+  return e.value.code, err
+
+
+def test_defaults_are_the_papers_protocol():
+  config, args = mnist.parse_args([])
+  assert config.ratios == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+  assert (config.runs, config.epochs, config.batch_size, config.seed) == (200, 10, 128, 0)
+  assert (config.learning_rate, config.momentum, config.hidden) == (0.1, 0.9, (512, 256))
+  assert args.out_dir == '.' and not args.fresh
+
+
+def test_flags_override_the_defaults():
+  config, args = mnist.parse_args(['--runs', '4', '--ratios', '0.1,0.5', '--epochs', '2',
+                                   '--batch-size', '64', '--seed', '3', '--out-dir', 'x', '--fresh'])
+  assert (config.runs, config.ratios, config.epochs, config.batch_size, config.seed) == (4, (0.1, 0.5), 2, 64, 3)
+  assert args.out_dir == 'x' and args.fresh
+
+
+@pytest.mark.parametrize('argv, says', [
+    (['--ratios', '0'], 'between 0 and 1'),
+    (['--ratios', '0.5,1.0'], 'between 0 and 1'),
+    (['--ratios', '0.5,-0.2'], 'between 0 and 1'),
+    (['--ratios', '0.5,0.5'], 'repeated ratio'),
+    (['--ratios', 'half'], 'not a comma-separated list of numbers'),
+    (['--runs', '0'], 'at least 1'),
+    (['--epochs', '0'], 'at least 1'),
+    (['--batch-size', '-3'], 'at least 1'),
+    (['--runs', 'many'], 'not a whole number'),
+])
+def test_bad_flags_are_one_line_and_exit_2(capsys, argv, says):
+  code, err = parse_error(capsys, *argv)
+  assert code == 2
+  assert err.count('\n') == 1 and says in err and err.startswith('mnist.py: error:')
+
+
+def test_manual_dir_missing_a_file_is_an_error_naming_it(tmp_path, capsys):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  for name in mnist.MNIST_FILES[:3]:
+    (manual / name).write_bytes(b'')
+  code = mnist.main(['--manual-dir', str(manual), '--data-dir', str(tmp_path / 'tfds'),
+                     '--out-dir', str(tmp_path / 'out')])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count('\n') == 1 and mnist.MNIST_FILES[3] in err
+
+
+def test_no_data_and_no_network_says_how_to_use_manual_dir(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(mnist, 'network_reachable', lambda *a, **k: False)
+  code = mnist.main(['--data-dir', str(tmp_path / 'tfds'), '--out-dir', str(tmp_path / 'out')])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count('\n') == 1 and '--manual-dir' in err

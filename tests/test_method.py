@@ -1,0 +1,154 @@
+"""The method, piece by piece, on small synthetic data: subsets, model, training, estimator."""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mnist
+
+SMALL = mnist.Config(ratios=(0.5,), runs=3, epochs=2)
+
+
+# --- Subsets and batches -------------------------------------------------------------------------
+
+def test_subset_has_int_n_r_distinct_examples():
+  for ratio in (0.1, 0.3, 0.7, 0.9):
+    subset = mnist.training_subset(seed=4, n=60000, ratio=ratio)
+    assert len(subset) == int(60000 * ratio) == len(np.unique(subset))
+
+
+def test_subset_is_the_authors_randomstate_choice():
+  expected = np.random.RandomState(7).choice(1000, size=300, replace=False)
+  np.testing.assert_array_equal(mnist.training_subset(7, 1000, 0.3), expected)
+
+
+def test_held_out_mask_is_the_complement_of_the_subset():
+  mask = mnist.held_out_mask(3, 1000, 0.4)
+  assert mask.sum() == 600
+  assert not mask[mnist.training_subset(3, 1000, 0.4)].any()
+
+
+def test_each_epoch_is_a_fresh_permutation_of_the_subset():
+  order = mnist.batch_order(seed=1, n=1000, ratio=0.3, epochs=3, batch_size=128)
+  subset = np.sort(mnist.training_subset(1, 1000, 0.3))
+  epochs = order.reshape(3, -1)[:, :300]
+  for epoch in epochs:
+    np.testing.assert_array_equal(np.sort(epoch), subset)
+  assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_last_smaller_batch_is_trained_on_with_its_own_mean():
+  weight = mnist.batch_weights(300, 128)
+  assert weight.shape == (3, 128)
+  np.testing.assert_array_equal(weight.sum(1), [128, 128, 44])
+
+
+# --- Model ----------------------------------------------------------------------------------------
+
+def test_init_is_glorot_normal_truncated_with_small_normal_biases():
+  w1, b1, w2, *_ = mnist.init_mlp(0, (784, 512, 256, 10))
+  assert w1.shape == (784, 512) and b1.shape == (512,)
+  assert abs(w1.std() - np.sqrt(2 / (784 + 512))) < 0.02 * np.sqrt(2 / (784 + 512))
+  assert abs(w1.mean()) < 1e-3
+  assert np.abs(w1).max() <= 2 * np.sqrt(2 / (784 + 512)) / 0.87962566103423978 + 1e-6
+  assert abs(b1.std() - 0.01) < 0.002
+  assert abs(w2.std() - np.sqrt(2 / (512 + 256))) < 0.03 * np.sqrt(2 / (512 + 256))
+
+
+def test_init_is_seeded_by_the_run_seed():
+  a, b, c = (mnist.init_mlp(s, (784, 16, 10)) for s in (5, 5, 6))
+  np.testing.assert_array_equal(a[0], b[0])
+  assert not np.array_equal(a[0], c[0])
+
+
+@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
+def test_hand_written_gradients_equal_autodiff_of_the_mean_nll(precision):
+  rng = np.random.default_rng(1)
+  params = [tf.constant(p) for p in mnist.stack_models([mnist.init_mlp(s, (784, 64, 32, 10)) for s in (1, 2)])]
+  x = tf.constant(rng.random((2, 16, 784), dtype=np.float32))
+  y = tf.constant(rng.integers(0, 10, (2, 16)).astype(np.int32))
+  weight = tf.constant(np.r_[np.ones(11), np.zeros(5)].astype(np.float32))  # a padded last batch
+  with tf.GradientTape() as tape:
+    tape.watch(params)
+    loss = mnist.ensemble_loss(params, x, y, weight, precision)
+  expected = tape.gradient(loss, params)
+  got = mnist.ensemble_gradients(params, x, y, weight, precision)
+  for g, e in zip(got, expected):
+    np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_padding_does_not_change_the_loss():
+  params = [tf.constant(p) for p in mnist.stack_models([mnist.init_mlp(0, (784, 32, 10))])]
+  rng = np.random.default_rng(2)
+  x = rng.random((1, 16, 784), dtype=np.float32)
+  y = rng.integers(0, 10, (1, 16)).astype(np.int32)
+  padded = mnist.ensemble_loss(params, x, y, np.r_[np.ones(11), np.zeros(5)].astype(np.float32))
+  real = mnist.ensemble_loss(params, x[:, :11], y[:, :11], np.ones(11, np.float32))
+  np.testing.assert_allclose(padded.numpy(), real.numpy(), rtol=1e-6)
+
+
+# --- Training --------------------------------------------------------------------------------------
+
+def test_k_models_trained_together_equal_the_same_models_trained_one_by_one(synthetic_data):
+  images, labels = synthetic_data
+  trainer = mnist.EnsembleTrainer(images, labels, SMALL)
+  together = trainer.train([10, 11, 12], 0.5)  # 2 epochs of 3 steps each
+  for k, seed in enumerate([10, 11, 12]):
+    alone = trainer.train([seed], 0.5)
+    for a, t in zip(alone, together):
+      np.testing.assert_allclose(a.numpy()[0], t.numpy()[k], rtol=1e-4, atol=1e-6)
+
+
+def test_training_follows_sgd_with_momentum_on_the_runs_batches(synthetic_data):
+  images, labels = synthetic_data
+  config = dataclasses.replace(SMALL, epochs=1, hidden=(8,))
+  n, seed, ratio = len(labels), 3, 0.5
+  params = [tf.constant(p[None]) for p in mnist.init_mlp(seed, mnist.layer_sizes(config))]
+  velocity = [tf.zeros_like(p) for p in params]
+  order = mnist.batch_order(seed, n, ratio, 1, config.batch_size)[0]
+  weight = mnist.batch_weights(mnist.subset_size(n, ratio), config.batch_size)
+  for idx, w in zip(order, weight):
+    x = tf.constant(images[idx][None] / 255.0, tf.float32)
+    grads = mnist.ensemble_gradients(params, x, labels[idx][None], w)
+    velocity = [0.9 * v + g for v, g in zip(velocity, grads)]
+    params = [p - 0.1 * v for p, v in zip(params, velocity)]
+  trained = mnist.EnsembleTrainer(images, labels, config).train([seed], ratio)
+  for t, p in zip(trained, params):
+    np.testing.assert_allclose(t.numpy(), p.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_trained_models_learn_and_report_correctness_on_every_example(synthetic_data):
+  images, labels = synthetic_data
+  held_out, correct = mnist.train_run_group(mnist.EnsembleTrainer(images, labels, SMALL), 0.5, [0, 1])
+  assert held_out.shape == correct.shape == (2, 600) and correct.dtype == bool
+  assert held_out.sum(1).tolist() == [300, 300]
+  assert mnist.heldout_accuracy(held_out, correct) > 0.9
+
+
+# --- Estimator -----------------------------------------------------------------------------------
+
+def test_score_counts_only_the_runs_that_held_the_example_out():
+  held_out = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0]], bool)
+  correct = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 1]], bool)
+  score, count = mnist.holdout_score(held_out, correct)
+  np.testing.assert_array_equal(count, [2, 2, 0])
+  np.testing.assert_array_equal(score[:2], [0.5, 0.5])
+  assert np.isnan(score[2])
+
+
+def test_cscore_is_the_mean_over_ratios_leaving_out_ratios_without_an_estimate():
+  per_ratio = np.array([[1.0, 0.2, np.nan], [0.5, np.nan, np.nan]])
+  scores = mnist.cscores(per_ratio)
+  np.testing.assert_allclose(scores[:2], [0.75, 0.2])
+  assert np.isnan(scores[2])
+
+
+def test_estimate_uses_only_this_commands_runs():
+  n = 4
+  runs = {(0.5, s): (np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 1], bool)) for s in range(3)}
+  runs[0.5, 99] = (np.array([1, 1, 1, 1], bool), np.zeros(4, bool))  # another command's run
+  per_ratio, counts, scores, summary = mnist.estimate(runs, mnist.Config(ratios=(0.5,), runs=3), n)
+  np.testing.assert_array_equal(counts[0], [3, 3, 0, 0])
+  np.testing.assert_array_equal(scores[:2], [1.0, 0.0])
+  assert summary == [(0.5, 3, 0.5)]

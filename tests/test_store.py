@@ -1,0 +1,77 @@
+"""The results store: every finished run kept, nothing mixed, nothing redone."""
+import os
+
+import numpy as np
+import pytest
+
+import mnist
+
+SETTINGS = mnist.store_settings(mnist.Config(), 'data-hash')
+
+
+def random_runs(k, n=100, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.random((k, n)) < 0.5, rng.random((k, n)) < 0.8
+
+
+def test_saved_runs_load_back_bit_for_bit(tmp_path):
+  store = mnist.open_store(tmp_path, SETTINGS)
+  held_out, correct = random_runs(3, n=101)
+  mnist.save_runs(store, 0.3, [5, 6, 7], held_out, correct)
+  runs = mnist.load_runs(store)
+  assert sorted(runs) == [(0.3, 5), (0.3, 6), (0.3, 7)]
+  for k, s in enumerate([5, 6, 7]):
+    np.testing.assert_array_equal(runs[0.3, s][0], held_out[k])
+    np.testing.assert_array_equal(runs[0.3, s][1], correct[k])
+
+
+def test_store_files_load_without_pickle(tmp_path):
+  store = mnist.open_store(tmp_path, SETTINGS)
+  mnist.save_runs(store, 0.5, [0], *random_runs(1))
+  (name,) = [f for f in os.listdir(store) if f.endswith('.npz')]
+  with np.load(os.path.join(store, name), allow_pickle=False) as f:
+    assert all(f[key].dtype != object for key in f.files)
+
+
+def test_a_write_leaves_no_temporary_file(tmp_path):
+  store = mnist.open_store(tmp_path, SETTINGS)
+  mnist.save_runs(store, 0.5, [0, 1], *random_runs(2))
+  assert not [f for f in os.listdir(store) if f.startswith('.tmp-')]
+
+
+def test_store_made_with_other_settings_is_refused_naming_each_difference(tmp_path):
+  mnist.open_store(tmp_path, SETTINGS)
+  other = dict(SETTINGS, epochs=3, batch_size=64)
+  with pytest.raises(mnist.CScoreError, match='epochs: store has 10, this run 3.*batch_size'):
+    mnist.open_store(tmp_path, other)
+
+
+def test_fresh_discards_the_stored_runs(tmp_path):
+  store = mnist.open_store(tmp_path, SETTINGS)
+  mnist.save_runs(store, 0.5, [0], *random_runs(1))
+  store = mnist.open_store(tmp_path, dict(SETTINGS, epochs=3), fresh=True)
+  assert mnist.load_runs(store) == {}
+
+
+def test_a_corrupt_store_file_is_an_error_naming_it_and_fresh(tmp_path):
+  store = mnist.open_store(tmp_path, SETTINGS)
+  mnist.save_runs(store, 0.5, [0], *random_runs(1))
+  (name,) = [f for f in os.listdir(store) if f.endswith('.npz')]
+  path = os.path.join(store, name)
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(mnist.CScoreError, match=f'{name}.*--fresh'):
+    mnist.load_runs(store)
+
+
+def test_groups_skip_finished_runs_and_go_round_robin_over_ratios():
+  config = mnist.Config(ratios=(0.1, 0.2), runs=5, seed=10)
+  done = {(0.1, 10): None, (0.1, 11): None}
+  groups = mnist.planned_groups(config, done, k=2)
+  assert groups == [(0.1, [12, 13]), (0.2, [10, 11]), (0.1, [14]), (0.2, [12, 13]), (0.2, [14])]
+
+
+def test_a_larger_runs_only_adds_runs():
+  done = {(r, s): None for r in (0.1, 0.2) for s in range(4)}
+  groups = mnist.planned_groups(mnist.Config(ratios=(0.1, 0.2), runs=6), done, k=4)
+  assert groups == [(0.1, [4, 5]), (0.2, [4, 5])]
