@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -391,6 +392,24 @@ def write_atomically(path, write):
     raise
 
 
+def lock_store(out_dir):
+  """Creates the store's folder and locks it for this process (the lock ends with it), so a
+  second process on the same out-dir refuses at once instead of interleaving runs."""
+  path = os.path.join(out_dir, STORE_DIR)
+  try:
+    os.makedirs(path, exist_ok=True)
+    lock = open(os.path.join(path, '.lock'), 'a')
+  except OSError as e:
+    raise CScoreError(f'cannot write to --out-dir {out_dir}: {e.strerror or e}') from e
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.close()
+    raise CScoreError(f'another mnist.py is running on {path}; wait for it to end, or use '
+                      'another --out-dir') from None
+  return lock
+
+
 def open_store(out_dir, settings, fresh=False):
   """The store's folder, created or checked against `settings`; `fresh` empties it first."""
   path = os.path.join(out_dir, STORE_DIR)
@@ -539,7 +558,7 @@ def examples_figure(images, labels, scores, path, per_side=10):
     for col, ax in enumerate(axes[digit]):
       ax.set_axis_off()
       if col < len(cells) and cells[col] is not None:
-        ax.imshow(images[cells[col]], cmap='gray_r', vmin=0, vmax=255)
+        ax.imshow(images[cells[col]], cmap='gray', vmin=0, vmax=255)  # as the authors' figure
   axes[0, per_side // 2].set_title('highest C-scores', loc='left', fontsize=9)
   axes[0, per_side + gap + per_side // 2].set_title('lowest C-scores', loc='left', fontsize=9)
   fig.savefig(path, bbox_inches='tight')
@@ -635,49 +654,56 @@ def write_outputs(out_dir, images, labels, runs, config):
   return scores, summary
 
 
-def main(argv=None):
-  config, args = parse_args(argv)
-  start = time.perf_counter()
-  accelerators()
-  try:
-    os.makedirs(args.out_dir, exist_ok=True)
-    images, labels = load_mnist(args.data_dir, args.manual_dir)
-    store = open_store(args.out_dir, store_settings(config, data_fingerprint(images, labels)),
-                       fresh=args.fresh)
-    runs = load_runs(store)
-  except CScoreError as e:
-    print(f'mnist.py: error: {e}', file=sys.stderr)
-    return 1
-  except OSError as e:
-    print(f'mnist.py: error: {e}', file=sys.stderr)
-    return 1
-
-  k = config.models_at_once or default_models_at_once(config.runs)
-  groups = planned_groups(config, runs, k)
-  todo = sum(len(s) for _, s in groups)
-  print(f'{len(labels)} examples; {len(config.ratios)} ratios x {config.runs} runs: '
-        f'{len(config.ratios) * config.runs - todo} done, {todo} to train, {k} at a time')
-  trainer = EnsembleTrainer(images, labels, config)
-  trained, interrupted = 0, False
+def train_missing_runs(trainer, store, runs, groups, epochs):
+  """Trains the groups, saving each to the store and `runs` as it finishes, under a progress
+  bar; Ctrl-C stops it, keeping what is finished. Returns (models trained, interrupted)."""
+  todo, trained = sum(len(seeds) for _, seeds in groups), 0
   with tqdm(total=todo, unit='model', dynamic_ncols=True, smoothing=0.1,
             bar_format='{l_bar}{bar}| {n:.1f}/{total} models [{elapsed}<{remaining}, {rate_fmt}]') as bar:
     try:
       for ratio, seeds in groups:
         bar.set_description(f'ratio {ratio:.2f}')
-        held_out, correct = train_run_group(
-            trainer, ratio, seeds, on_epoch=lambda e: bar.update(len(seeds) / config.epochs))
+        done_before = bar.n  # whole models at the end of a group, parts of them per epoch
+        held_out, correct = train_run_group(trainer, ratio, seeds, on_epoch=lambda e: bar.update(
+            done_before + len(seeds) * (e + 1) / epochs - bar.n))
         save_runs(store, ratio, seeds, held_out, correct)
         for s, h, c in zip(seeds, held_out, correct):
           runs[ratio_key(ratio), s] = (h, c)
         trained += len(seeds)
     except KeyboardInterrupt:
-      interrupted = True
-  scores, summary = write_outputs(args.out_dir, images, labels, runs, config)
+      return trained, True
+  return trained, False
+
+
+def main(argv=None):
+  config, args = parse_args(argv)
+  start = time.perf_counter()
+  accelerators()
+  try:
+    with lock_store(args.out_dir):
+      images, labels = load_mnist(args.data_dir, args.manual_dir)
+      store = open_store(args.out_dir, store_settings(config, data_fingerprint(images, labels)),
+                         fresh=args.fresh)
+      runs = load_runs(store)
+      k = config.models_at_once or default_models_at_once(config.runs)
+      groups = planned_groups(config, runs, k)
+      todo = sum(len(seeds) for _, seeds in groups)
+      print(f'{len(labels)} examples; {len(config.ratios)} ratios x {config.runs} runs: '
+            f'{len(config.ratios) * config.runs - todo} done, {todo} to train, {k} at a time')
+      trained, interrupted = train_missing_runs(EnsembleTrainer(images, labels, config), store,
+                                                runs, groups, config.epochs)
+      scores, summary = write_outputs(args.out_dir, images, labels, runs, config)
+  except (CScoreError, OSError) as e:
+    print(f'mnist.py: error: {e}', file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print('mnist.py: interrupted before training started', file=sys.stderr)
+    return 130
   for line in summary_lines(summary, scores, trained, time.perf_counter() - start):
     print(line)
   if interrupted:
-    print('interrupted: finished runs are kept; run the same command again to resume',
-          file=sys.stderr)
+    print('interrupted: finished runs are kept in the store; run the same command again to '
+          'resume', file=sys.stderr)
     return 130
   return 0
 
