@@ -492,17 +492,17 @@ def runs_at_ratio(runs, config, ratio):
   return np.stack([h for h, _ in found]), np.stack([c for _, c in found])
 
 
-def holdout_score(held_out, correct):
-  """(C_r per example, held-out count per example): the fraction of the runs that held an
-  example out which classify it correctly; NaN where no run held it out."""
-  count = held_out.sum(0)
-  hits = (held_out & correct).sum(0)
+def fraction_correct(mask, correct):
+  """(p, count) per example over the runs where mask is set: p = the fraction of those runs
+  that classify it correctly, NaN where there are none. With mask = held_out, p is C_r."""
+  count = mask.sum(0)
+  hits = (mask & correct).sum(0)
   with np.errstate(invalid='ignore', divide='ignore'):
     return np.where(count > 0, hits / np.maximum(count, 1), np.nan), count
 
 
-def cscores(per_ratio):
-  """C-score per example: mean over the ratios that have an estimate; NaN if none has."""
+def mean_over_ratios(per_ratio):
+  """Per example, the mean over the ratios that have a value (not NaN); NaN if none has."""
   per_ratio = np.asarray(per_ratio, dtype=np.float64)
   counted = ~np.isnan(per_ratio)
   total = np.where(counted, per_ratio, 0).sum(0)
@@ -510,30 +510,78 @@ def cscores(per_ratio):
     return np.where(counted.any(0), total / counted.sum(0), np.nan)
 
 
+def binomial_variance(p, count):
+  """Variance of a per-ratio score p measured on `count` held-out runs: the Jeffreys posterior
+  variance a b / ((a + b)^2 (a + b + 1)), a = hits + 1/2, b = misses + 1/2. Unlike p (1 - p) / count
+  it is not 0 at p = 0 or 1, where most examples sit. NaN where count is 0."""
+  a, b = p * count + 0.5, (1 - p) * count + 0.5
+  return a * b / ((a + b) ** 2 * (a + b + 1))
+
+
+def standard_error(per_ratio, counts):
+  """Standard error of the C-score, the mean of L independent per-ratio scores:
+  sqrt(sum_r var_r) / L, over the ratios with an estimate."""
+  var = binomial_variance(per_ratio, counts)
+  counted = ~np.isnan(per_ratio)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(counted.any(0), np.sqrt(np.where(counted, var, 0).sum(0)) / counted.sum(0), np.nan)
+
+
 def heldout_accuracy(held_out, correct):
   """Mean over runs of each run's accuracy on the examples it held out."""
   return float(np.mean((held_out & correct).sum(1) / np.maximum(held_out.sum(1), 1)))
 
 
+@dataclasses.dataclass
+class Estimates:
+  """All that is estimated from the runs; saved as cscores-details.npz."""
+  ratios: np.ndarray            # [L]
+  runs: np.ndarray              # [L] runs done per ratio
+  heldout_accuracy: np.ndarray  # [L] mean accuracy of a run on the examples it held out
+  per_ratio: np.ndarray         # [L, n] C_r: accuracy on the example of the runs that held it out
+  held_out_counts: np.ndarray   # [L, n] how many runs held the example out
+  cscores: np.ndarray           # [n] mean of per_ratio over ratios
+  standard_error: np.ndarray    # [n] of cscores
+  memorization_per_ratio: np.ndarray  # [L, n] P(correct | trained on it) - P(correct | held out)
+  memorization: np.ndarray      # [n] its mean over ratios (Feldman & Zhang, 2020)
+
+
 def estimate(runs, config, n):
-  """Per-ratio scores [ratios, n], held-out counts [ratios, n], C-scores [n], and each ratio's
-  (runs done, mean held-out accuracy)."""
-  per_ratio = np.full((len(config.ratios), n), np.nan)
-  counts = np.zeros((len(config.ratios), n), dtype=np.int64)
-  summary = []
+  """Estimates from this command's runs (its ratios x seeds) that are done."""
+  L = len(config.ratios)
+  per_ratio, mem = np.full((L, n), np.nan), np.full((L, n), np.nan)
+  counts = np.zeros((L, n), dtype=np.int64)
+  done, accuracy = np.zeros(L, dtype=np.int64), np.full(L, np.nan)
   for j, ratio in enumerate(config.ratios):
     found = runs_at_ratio(runs, config, ratio)
     if found is None:
-      summary.append((ratio, 0, float('nan')))
       continue
-    per_ratio[j], counts[j] = holdout_score(*found)
-    summary.append((ratio, len(found[0]), heldout_accuracy(*found)))
-  return per_ratio, counts, cscores(per_ratio), summary
+    held_out, correct = found
+    per_ratio[j], counts[j] = fraction_correct(held_out, correct)
+    mem[j] = fraction_correct(~held_out, correct)[0] - per_ratio[j]
+    done[j], accuracy[j] = len(held_out), heldout_accuracy(held_out, correct)
+  return Estimates(np.array(config.ratios), done, accuracy, per_ratio, counts,
+                   mean_over_ratios(per_ratio), standard_error(per_ratio, counts), mem,
+                   mean_over_ratios(mem))
 
 
 # ------------------------------------------------------------------------------------------------
 # Figures
 # ------------------------------------------------------------------------------------------------
+
+def pyplot():
+  import matplotlib
+  matplotlib.use('Agg')  # files only, no display needed
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def show_digit(ax, image, title=None):
+  ax.imshow(image.reshape(28, 28), cmap='gray', vmin=0, vmax=255)  # as the authors' figures
+  ax.set_axis_off()
+  if title:
+    ax.set_title(title, fontsize=7, pad=2)
+
 
 def extreme_examples(scores, labels, digit, per_side):
   """Indices of the `per_side` highest- and lowest-scored examples of a class (NaN skipped)."""
@@ -544,23 +592,87 @@ def extreme_examples(scores, labels, digit, per_side):
 
 def examples_figure(images, labels, scores, path, per_side=10):
   """Per digit, one row: the highest-scored examples, a gap, the lowest-scored ones."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  images = images.reshape(-1, 28, 28)
-  gap = 1
-  cols = 2 * per_side + gap
+  plt = pyplot()
+  cols = 2 * per_side + 1
   fig, axes = plt.subplots(NUM_CLASSES, cols, figsize=(0.45 * cols, 0.45 * NUM_CLASSES),
                            gridspec_kw=dict(wspace=0.05, hspace=0.05))
   for digit in range(NUM_CLASSES):
     high, low = extreme_examples(scores, labels, digit, per_side)
-    cells = list(high) + [None] * (per_side - len(high) + gap) + list(low)
+    cells = list(high) + [None] * (per_side - len(high) + 1) + list(low)
     for col, ax in enumerate(axes[digit]):
       ax.set_axis_off()
       if col < len(cells) and cells[col] is not None:
-        ax.imshow(images[cells[col]], cmap='gray', vmin=0, vmax=255)  # as the authors' figure
+        show_digit(ax, images[cells[col]])
   axes[0, per_side // 2].set_title('highest C-scores', loc='left', fontsize=9)
-  axes[0, per_side + gap + per_side // 2].set_title('lowest C-scores', loc='left', fontsize=9)
+  axes[0, per_side + 1 + per_side // 2].set_title('lowest C-scores', loc='left', fontsize=9)
+  fig.savefig(path, bbox_inches='tight')
+  plt.close(fig)
+
+
+def hard_examples(scores, count, top=0.5):
+  """`count` examples with C-scores spread evenly over [0, top], the lowest first: with few
+  runs the very hardest all sit at 0 and their curves coincide."""
+  idx = np.flatnonzero(~np.isnan(scores))
+  chosen = []
+  for target in np.linspace(0, top, count):
+    free = idx[~np.isin(idx, chosen)]
+    chosen.append(free[np.argmin(np.abs(scores[free] - target))])
+  return np.array(chosen)
+
+
+def cscores_figure(est, images, labels, path, hard=6):
+  """The distribution of C-scores, the learning curve, C-score per class, and C_r against the
+  subset ratio for the hardest examples."""
+  plt = pyplot()
+  fig = plt.figure(figsize=(13, 8.5), layout='constrained')
+  grid = fig.add_gridspec(2, 3)
+  valid = est.cscores[~np.isnan(est.cscores)]
+
+  ax = fig.add_subplot(grid[0, 0])
+  ax.hist(valid, bins=50, range=(0, 1), log=True, color='tab:blue')
+  ax.set(xlabel='C-score', ylabel='examples (log scale)',
+         title=f'{len(valid)} examples, {(valid < 0.5).sum()} below 0.5')
+
+  ax = fig.add_subplot(grid[0, 1])
+  has = est.runs > 0
+  ax.plot(est.ratios[has], est.heldout_accuracy[has], 'o-')
+  ax.set(xlabel='subset ratio (part of the training set trained on)', ylabel='mean held-out accuracy',
+         title='learning curve')
+  ax.grid(alpha=0.3)
+
+  ax = fig.add_subplot(grid[0, 2])
+  per_class = [np.nanmean(est.cscores[labels == d]) for d in range(NUM_CLASSES)]
+  ax.bar(range(NUM_CLASSES), per_class, color='tab:green')
+  ax.set(xlabel='digit', ylabel='mean C-score', xticks=range(NUM_CLASSES),
+         ylim=(min(per_class) - 0.02, 1), title='C-score per class')
+
+  ax = fig.add_subplot(grid[1, :2])
+  chosen = hard_examples(est.cscores, hard)
+  for k, i in enumerate(chosen):
+    ax.plot(est.ratios, est.per_ratio[:, i], 'o-', color=f'C{k}',
+            label=f'#{i}: label {labels[i]}, C = {est.cscores[i]:.2f}')
+  ax.set(xlabel='subset ratio', ylabel='C_r: held-out accuracy on the example', ylim=(-0.03, 1.03),
+         title='hard examples (C from 0 to 0.5): held-out accuracy on them by subset ratio')
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  cells = grid[1, 2].subgridspec(2, (hard + 1) // 2)
+  for k, i in enumerate(chosen):
+    sub = fig.add_subplot(cells[k // ((hard + 1) // 2), k % ((hard + 1) // 2)])
+    show_digit(sub, images[i])
+    sub.set_title(f'#{i}, label {labels[i]}', fontsize=8, color=f'C{k}')
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def memorization_figure(est, images, labels, path, rows=3, cols=10):
+  """The most memorized examples: right when trained on, wrong when held out."""
+  plt = pyplot()
+  mem = np.where(np.isnan(est.memorization), -np.inf, est.memorization)
+  chosen = np.lexsort((est.cscores, -mem))[:rows * cols]  # ties: the lower C-score first
+  fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.35 * rows))
+  for ax, i in zip(axes.flat, chosen):
+    show_digit(ax, images[i], f'#{i} label {labels[i]}\nmem {est.memorization[i]:.2f}')
+  fig.suptitle('most memorized: P(correct | trained on it) - P(correct | held out)', fontsize=9)
   fig.savefig(path, bbox_inches='tight')
   plt.close(fig)
 
@@ -634,24 +746,39 @@ def parse_args(argv=None):
   return config, args
 
 
-def summary_lines(summary, scores, trained, seconds):
+def summary_lines(est, trained, seconds):
   lines = ['held-out accuracy per ratio (runs done):']
-  lines += [f'  {r:.2f}: {acc:.4f} ({k})' for r, k, acc in summary]
+  lines += [f'  {r:.2f}: {acc:.4f} ({k})' for r, k, acc in zip(est.ratios, est.runs, est.heldout_accuracy)]
+  scores, se = est.cscores, est.standard_error
   valid = scores[~np.isnan(scores)]
   lines.append(f'C-scores: {len(valid)} examples scored, {int(np.isnan(scores).sum())} never held out; '
                f'{(valid < 0.5).sum()} below 0.5, {(valid < 0.1).sum()} below 0.1')
+  if len(valid):
+    runs = int(est.runs.max())
+    lines.append(f'standard error: median {np.nanmedian(se):.4f}, 95th percentile '
+                 f'{np.nanpercentile(se, 95):.4f}; it shrinks as 1/sqrt(runs): halving it takes '
+                 f'4x the runs (--runs {4 * runs}, {3 * runs} more per ratio)')
   rate = trained / seconds if seconds > 0 else float('nan')
   lines.append(f'models trained now: {trained} in {datetime.timedelta(seconds=round(seconds))} '
-               f'({rate:.3f} models/s); models in the estimate: {sum(k for _, k, _ in summary)}')
+               f'({rate:.3f} models/s); models in the estimate: {est.runs.sum()}')
   return lines
 
 
+OUTPUTS = dict(scores='cscores.npy', details='cscores-details.npz', examples='mnist-examples.pdf',
+               overview='mnist-cscores.pdf', memorized='mnist-memorized.pdf')
+
+
 def write_outputs(out_dir, images, labels, runs, config):
-  per_ratio, counts, scores, summary = estimate(runs, config, len(labels))
-  np.save(os.path.join(out_dir, 'cscores.npy'), scores.astype(np.float32))
-  if not np.isnan(scores).all():
-    examples_figure(images, labels, scores, os.path.join(out_dir, 'mnist-examples.pdf'))
-  return scores, summary
+  """Estimates from the stored runs, written as the output files; returns them."""
+  est = estimate(runs, config, len(labels))
+  path = {k: os.path.join(out_dir, name) for k, name in OUTPUTS.items()}
+  np.save(path['scores'], est.cscores.astype(np.float32))
+  write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est)))
+  if not np.isnan(est.cscores).all():
+    examples_figure(images, labels, est.cscores, path['examples'])
+    cscores_figure(est, images, labels, path['overview'])
+    memorization_figure(est, images, labels, path['memorized'])
+  return est
 
 
 def train_missing_runs(trainer, store, runs, groups, epochs):
@@ -692,14 +819,14 @@ def main(argv=None):
             f'{len(config.ratios) * config.runs - todo} done, {todo} to train, {k} at a time')
       trained, interrupted = train_missing_runs(EnsembleTrainer(images, labels, config), store,
                                                 runs, groups, config.epochs)
-      scores, summary = write_outputs(args.out_dir, images, labels, runs, config)
+      est = write_outputs(args.out_dir, images, labels, runs, config)
   except (CScoreError, OSError) as e:
     print(f'mnist.py: error: {e}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print('mnist.py: interrupted before training started', file=sys.stderr)
     return 130
-  for line in summary_lines(summary, scores, trained, time.perf_counter() - start):
+  for line in summary_lines(est, trained, time.perf_counter() - start):
     print(line)
   if interrupted:
     print('interrupted: finished runs are kept in the store; run the same command again to '

@@ -124,31 +124,3 @@ def test_trained_models_learn_and_report_correctness_on_every_example(synthetic_
   assert held_out.shape == correct.shape == (2, 600) and correct.dtype == bool
   assert held_out.sum(1).tolist() == [300, 300]
   assert mnist.heldout_accuracy(held_out, correct) > 0.9
-
-
-# --- Estimator -----------------------------------------------------------------------------------
-
-def test_score_counts_only_the_runs_that_held_the_example_out():
-  held_out = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0]], bool)
-  correct = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 1]], bool)
-  score, count = mnist.holdout_score(held_out, correct)
-  np.testing.assert_array_equal(count, [2, 2, 0])
-  np.testing.assert_array_equal(score[:2], [0.5, 0.5])
-  assert np.isnan(score[2])
-
-
-def test_cscore_is_the_mean_over_ratios_leaving_out_ratios_without_an_estimate():
-  per_ratio = np.array([[1.0, 0.2, np.nan], [0.5, np.nan, np.nan]])
-  scores = mnist.cscores(per_ratio)
-  np.testing.assert_allclose(scores[:2], [0.75, 0.2])
-  assert np.isnan(scores[2])
-
-
-def test_estimate_uses_only_this_commands_runs():
-  n = 4
-  runs = {(0.5, s): (np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 1], bool)) for s in range(3)}
-  runs[0.5, 99] = (np.array([1, 1, 1, 1], bool), np.zeros(4, bool))  # another command's run
-  per_ratio, counts, scores, summary = mnist.estimate(runs, mnist.Config(ratios=(0.5,), runs=3), n)
-  np.testing.assert_array_equal(counts[0], [3, 3, 0, 0])
-  np.testing.assert_array_equal(scores[:2], [1.0, 0.0])
-  assert summary == [(0.5, 3, 0.5)]

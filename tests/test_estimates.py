@@ -1,0 +1,119 @@
+"""The estimator and what else the stored runs tell, each checked against a direct computation
+(plain loops over runs) on small synthetic stores."""
+import math
+
+import numpy as np
+
+import mnist
+
+
+def synthetic_runs(ratios=(0.2, 0.5), runs=6, n=40, seed=0):
+  """{(ratio, seed): (held_out, correct)} with per-example skill, as a store holds them."""
+  rng = np.random.default_rng(seed)
+  skill = rng.random(n)
+  store = {}
+  for ratio in ratios:
+    for s in range(runs):
+      held_out = rng.random(n) > ratio
+      correct = rng.random(n) < np.where(held_out, skill, 0.5 + skill / 2)
+      store[mnist.ratio_key(ratio), s] = (held_out, correct)
+  return store
+
+
+def direct_scores(store, ratios, runs, n):
+  """C_r, counts and memorization per ratio by loops, the definitions written out."""
+  per_ratio, counts, mem = np.full((len(ratios), n), np.nan), np.zeros((len(ratios), n)), np.full((len(ratios), n), np.nan)
+  for j, r in enumerate(ratios):
+    for i in range(n):
+      out = [store[r, s][1][i] for s in range(runs) if store[r, s][0][i]]
+      seen = [store[r, s][1][i] for s in range(runs) if not store[r, s][0][i]]
+      counts[j, i] = len(out)
+      if out:
+        per_ratio[j, i] = sum(out) / len(out)
+      if out and seen:
+        mem[j, i] = sum(seen) / len(seen) - sum(out) / len(out)
+  return per_ratio, counts, mem
+
+
+def test_score_counts_only_the_runs_that_held_the_example_out():
+  held_out = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0]], bool)
+  correct = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 1]], bool)
+  score, count = mnist.fraction_correct(held_out, correct)
+  np.testing.assert_array_equal(count, [2, 2, 0])
+  np.testing.assert_array_equal(score[:2], [0.5, 0.5])
+  assert np.isnan(score[2])
+
+
+def test_cscore_is_the_mean_over_ratios_leaving_out_ratios_without_an_estimate():
+  per_ratio = np.array([[1.0, 0.2, np.nan], [0.5, np.nan, np.nan]])
+  scores = mnist.mean_over_ratios(per_ratio)
+  np.testing.assert_allclose(scores[:2], [0.75, 0.2])
+  assert np.isnan(scores[2])
+
+
+def test_estimates_equal_the_direct_computation():
+  ratios, runs, n = (0.2, 0.5), 6, 40
+  store = synthetic_runs(ratios, runs, n)
+  est = mnist.estimate(store, mnist.Config(ratios=ratios, runs=runs), n)
+  per_ratio, counts, mem = direct_scores(store, ratios, runs, n)
+  np.testing.assert_allclose(est.per_ratio, per_ratio)
+  np.testing.assert_array_equal(est.held_out_counts, counts)
+  np.testing.assert_allclose(est.memorization_per_ratio, mem)
+  for i in range(n):
+    have = [p for p in per_ratio[:, i] if not math.isnan(p)]
+    assert math.isclose(est.cscores[i], sum(have) / len(have))
+    both = [m for m in mem[:, i] if not math.isnan(m)]
+    assert math.isclose(est.memorization[i], sum(both) / len(both)) if both else math.isnan(est.memorization[i])
+  assert est.runs.tolist() == [runs, runs]
+
+
+def test_standard_error_combines_the_per_ratio_jeffreys_variances():
+  ratios, runs, n = (0.2, 0.5), 6, 40
+  store = synthetic_runs(ratios, runs, n, seed=1)
+  est = mnist.estimate(store, mnist.Config(ratios=ratios, runs=runs), n)
+  per_ratio, counts, _ = direct_scores(store, ratios, runs, n)
+  for i in range(n):
+    var = []
+    for j in range(len(ratios)):
+      if counts[j, i]:
+        a = per_ratio[j, i] * counts[j, i] + 0.5
+        b = counts[j, i] - per_ratio[j, i] * counts[j, i] + 0.5
+        var.append(a * b / ((a + b) ** 2 * (a + b + 1)))
+    assert math.isclose(est.standard_error[i], math.sqrt(sum(var)) / len(var))
+
+
+def test_standard_error_shrinks_as_one_over_sqrt_runs():
+  few = mnist.binomial_variance(np.array([0.9]), np.array([100]))
+  many = mnist.binomial_variance(np.array([0.9]), np.array([400]))
+  np.testing.assert_allclose(np.sqrt(few / many), 2, rtol=0.02)
+
+
+def test_heldout_accuracy_is_the_mean_of_each_runs_accuracy_on_what_it_held_out():
+  held_out = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
+  correct = np.array([[1, 0, 0, 0], [1, 1, 1, 0]], bool)
+  assert mnist.heldout_accuracy(held_out, correct) == (0.5 + 0.75) / 2
+
+
+def test_estimate_uses_only_this_commands_runs():
+  runs = {(0.5, s): (np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 1], bool)) for s in range(3)}
+  runs[0.5, 99] = (np.array([1, 1, 1, 1], bool), np.zeros(4, bool))  # another command's run
+  est = mnist.estimate(runs, mnist.Config(ratios=(0.5,), runs=3), 4)
+  np.testing.assert_array_equal(est.held_out_counts[0], [3, 3, 0, 0])
+  np.testing.assert_array_equal(est.cscores[:2], [1.0, 0.0])
+  assert est.runs.tolist() == [3] and est.heldout_accuracy.tolist() == [0.5]
+
+
+def test_outputs_are_written_from_a_store(tmp_path):
+  rng = np.random.default_rng(0)
+  ratios, runs, n = (0.2, 0.5), 6, 200
+  labels = np.arange(n) % 10
+  images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
+  store = synthetic_runs(ratios, runs, n)
+  est = mnist.write_outputs(str(tmp_path), images, labels, store, mnist.Config(ratios=ratios, runs=runs))
+  np.testing.assert_array_equal(np.load(tmp_path / 'cscores.npy'), est.cscores.astype(np.float32))
+  with np.load(tmp_path / 'cscores-details.npz', allow_pickle=False) as details:
+    assert details['per_ratio'].shape == details['held_out_counts'].shape == (2, n)
+    np.testing.assert_array_equal(details['memorization'], est.memorization)
+    np.testing.assert_array_equal(details['standard_error'], est.standard_error)
+  for name in ('mnist-examples.pdf', 'mnist-cscores.pdf', 'mnist-memorized.pdf'):
+    assert (tmp_path / name).read_bytes()[:4] == b'%PDF'
