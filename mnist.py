@@ -39,6 +39,7 @@ import datetime
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -135,8 +136,11 @@ def load_mnist(data_dir=None, manual_dir=None):
   Pixels stay uint8 here (47 MB); the trainer scales them to [0, 1] after gathering a batch."""
   with native_stderr_silenced():
     import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()  # its bars and notes would bury our own lines
+  logging.getLogger('absl').setLevel(logging.ERROR)
   builder = tfds.builder('mnist', data_dir=data_dir)
   if not builder.is_prepared():
+    print(f'preparing MNIST in {builder.data_dir} (once)', flush=True)
     config = mnist_download_config(manual_dir)
     if manual_dir is None and not os.environ.get('HTTPS_PROXY') and not network_reachable():
       raise CScoreError(
@@ -414,11 +418,10 @@ def open_store(out_dir, settings, fresh=False):
   """The store's folder, created or checked against `settings`; `fresh` empties it first."""
   path = os.path.join(out_dir, STORE_DIR)
   settings_path = os.path.join(path, SETTINGS_FILE)
-  if fresh and os.path.isdir(path):
-    for name in os.listdir(path):
-      if name.endswith('.npz') or name == SETTINGS_FILE or name.startswith('.tmp-'):
-        os.unlink(os.path.join(path, name))
   os.makedirs(path, exist_ok=True)
+  for name in os.listdir(path):  # under the lock: no other process is writing here
+    if name.startswith('.tmp-') or (fresh and (name.endswith('.npz') or name == SETTINGS_FILE)):
+      os.unlink(os.path.join(path, name))  # what a killed write left, or --fresh
   if not os.path.exists(settings_path):
     write_atomically(settings_path, lambda f: f.write(json.dumps(settings, indent=1).encode()))
     return path

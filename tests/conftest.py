@@ -2,6 +2,7 @@
 once per test session from the official files in ../shared/mnist (no network needed)."""
 import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -39,3 +40,24 @@ def mnist_data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('tfds')
   mnist.load_mnist(str(data_dir), str(MANUAL_DIR))
   return data_dir
+
+
+# A tiny protocol on the real MNIST: 8 models of 1 epoch, 2 at a time, in about 10 s.
+TINY = ['--runs', '4', '--epochs', '1', '--ratios', '0.5,0.9', '--models-at-once', '2']
+
+
+def script_command(*argv):
+  return [sys.executable, str(ROOT / 'mnist.py'), *argv]
+
+
+def run_script(*argv):
+  return subprocess.run(script_command(*argv), capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope='session')
+def tiny_run(mnist_data_dir, tmp_path_factory):
+  """(out dir, completed process) of one uninterrupted tiny run."""
+  out = tmp_path_factory.mktemp('out')
+  result = run_script(*TINY, '--manual-dir', str(MANUAL_DIR), '--data-dir', str(mnist_data_dir),
+                      '--out-dir', str(out))
+  return out, result

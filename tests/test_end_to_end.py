@@ -1,28 +1,8 @@
 """The whole script on the real MNIST, with a tiny protocol: outputs, resume, scores."""
-import os
-import subprocess
-import sys
-
 import numpy as np
-import pytest
 
 import mnist
-from conftest import MANUAL_DIR, ROOT
-
-TINY = ['--runs', '4', '--epochs', '1', '--ratios', '0.5,0.9', '--models-at-once', '2']
-
-
-def run_script(*argv):
-  return subprocess.run([sys.executable, str(ROOT / 'mnist.py'), *argv], capture_output=True,
-                        text=True, timeout=600)
-
-
-@pytest.fixture(scope='module')
-def tiny_run(mnist_data_dir, tmp_path_factory):
-  out = tmp_path_factory.mktemp('out')
-  result = run_script(*TINY, '--manual-dir', str(MANUAL_DIR), '--data-dir', str(mnist_data_dir),
-                      '--out-dir', str(out))
-  return out, result
+from conftest import TINY
 
 
 def test_script_writes_scores_for_every_training_example(tiny_run):
