@@ -211,7 +211,7 @@ def batch_weights(m, batch_size):
 
 
 # ------------------------------------------------------------------------------------------------
-# Model ensemble: K MLPs, weights stacked along a leading axis.
+# Model ensemble: K MLPs, each with its own weights.
 # ------------------------------------------------------------------------------------------------
 
 def layer_sizes(config, input_size=784):
@@ -219,8 +219,9 @@ def layer_sizes(config, input_size=784):
 
 
 def init_mlp(seed, sizes):
-  """One MLP's [W1, b1, W2, b2, ...] as JAX's stax.Dense initialises them: W glorot normal
-  (normal truncated at 2 std, variance 2 / (fan_in + fan_out)), b normal with std 0.01."""
+  """One MLP's [W1, b1, W2, b2, ...] as JAX's stax.Dense initialises them: W [in, out] glorot
+  normal (normal truncated at 2 std, variance 2 / (fan_in + fan_out)), b [1, out] normal with
+  std 0.01."""
   rng = np.random.default_rng([seed, 0x5EED])
   params = []
   for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
@@ -228,117 +229,62 @@ def init_mlp(seed, sizes):
     while (bad := np.abs(w) > 2).any():  # redraw outside [-2, 2]: a truncated normal
       w[bad] = rng.standard_normal(bad.sum())
     std = np.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978  # std of N(0,1) cut at +-2
-    params += [(w * std).astype(np.float32), (0.01 * rng.standard_normal(fan_out)).astype(np.float32)]
+    params += [(w * std).astype(np.float32), (0.01 * rng.standard_normal((1, fan_out))).astype(np.float32)]
   return params
 
 
 def stack_models(models):
-  """[K models] of [W1, b1, ...] -> [W1 [K, ...], b1 [K, ...], ...]."""
+  """[K models] of [W1, b1, ...] -> [W1 [K, in, out], b1 [K, 1, out], ...]."""
   return [np.stack(p) for p in zip(*models)]
 
 
-def matmul(a, b, precision, **kwargs):
-  """a @ b per model, in fp32 or with bf16 inputs; the result is fp32."""
-  if precision == 'bfloat16':
-    a, b = tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)
-    return tf.cast(tf.matmul(a, b, **kwargs), tf.float32)
-  return tf.matmul(a, b, **kwargs)
+# The functions below take one model (W [in, out], b [1, out], x [B, in]) or K stacked models
+# (W [K, in, out], b [K, 1, out], x [K, B, in]) alike: matmul batches over leading axes.
+
+def mlp_logits(params, x, dtype=tf.float32):
+  """Logits (fp32) and the inputs of each layer; matmuls in `dtype` (bf16: fp32 accumulation,
+  bf16 results)."""
+  weights = [tf.cast(p, dtype) for p in params]
+  activations = [tf.cast(x, dtype)]
+  for i in range(0, len(weights), 2):
+    z = tf.matmul(activations[-1], weights[i]) + weights[i + 1]
+    activations.append(tf.nn.relu(z) if i + 2 < len(weights) else z)
+  return tf.cast(activations.pop(), tf.float32), activations
 
 
-def ensemble_forward(params, x, precision='float32'):
-  """Logits [K, B, 10] and hidden activations of K MLPs on their own inputs x [K, B, in]."""
-  activations = [x]
-  for i in range(0, len(params), 2):
-    w, b = params[i], params[i + 1]
-    z = matmul(activations[-1], w, precision) + b[:, None, :]
-    if i + 2 < len(params):
-      z = tf.nn.relu(z)
-    activations.append(z)
-  return activations[-1], activations[:-1]
-
-
-def ensemble_loss(params, x, y, weight, precision='float32'):
-  """Sum over the K models of each one's mean NLL over its batch, so that the gradient with
-  respect to model k's weights is exactly model k's own gradient."""
-  logits, _ = ensemble_forward(params, x, precision)
-  nll = -tf.gather(tf.nn.log_softmax(logits), y, batch_dims=2)
+def mlp_loss(params, x, y, weight, dtype=tf.float32):
+  """Sum over models of each one's mean NLL over its batch; `weight` [B] is 0 for the padding
+  of a last, smaller batch. Summing keeps each model's gradient exactly its own."""
+  logits, _ = mlp_logits(params, x, dtype)
+  nll = -tf.gather(tf.nn.log_softmax(logits), y, batch_dims=len(y.shape))
   return tf.reduce_sum(tf.reduce_sum(nll * weight, -1) / tf.reduce_sum(weight))
 
 
-def ensemble_gradients(params, x, y, weight, precision='float32'):
-  """Gradient of ensemble_loss, by hand: it skips what autodiff would do for the inputs x, and
-  uses transposed matmuls instead of materialised transposes."""
-  logits, activations = ensemble_forward(params, x, precision)
+def mlp_gradients(params, x, y, weight, dtype=tf.float32):
+  """The gradient of mlp_loss (fp32), by hand: no gradient for the inputs x, and transposed
+  matmuls instead of materialised transposes."""
+  logits, activations = mlp_logits(params, x, dtype)
   delta = (tf.nn.softmax(logits) - tf.one_hot(y, NUM_CLASSES)) * (weight / tf.reduce_sum(weight))[:, None]
+  delta = tf.cast(delta, dtype)
   grads = []
   for i in reversed(range(0, len(params), 2)):
     a = activations[i // 2]
-    grads = [matmul(a, delta, precision, transpose_a=True), tf.reduce_sum(delta, 1)] + grads
+    grads = [tf.cast(tf.matmul(a, delta, transpose_a=True), tf.float32),
+             tf.reduce_sum(tf.cast(delta, tf.float32), -2, keepdims=True)] + grads
     if i > 0:
-      delta = matmul(delta, params[i], precision, transpose_b=True) * tf.cast(a > 0, tf.float32)
+      delta = tf.matmul(delta, tf.cast(params[i], dtype), transpose_b=True) * tf.cast(a > 0, dtype)
   return grads
 
 
 # ------------------------------------------------------------------------------------------------
 # Training: whole epochs of K models inside one compiled function.
+#
+# Two layouts of the same computation. On a GPU, one batched matmul per layer for all K models
+# (weights stacked [K, in, out]) keeps the device busy. On a CPU, TensorFlow's batched matmul
+# uses its cores poorly for these small shapes (about 120-140 GFLOP/s here against 220 for a
+# large matmul); K independent chains of plain matmuls, one thread each and one chain per core
+# at a time, reach about 185. Either way the K models step in lockstep inside one tf.while_loop.
 # ------------------------------------------------------------------------------------------------
-
-class EnsembleTrainer:
-  """Compiled training and evaluation of K models at once on one data set held on the device."""
-
-  def __init__(self, images, labels, config, eval_rows=160_000):
-    self.config = config
-    self.images = tf.constant(images)   # uint8; cast after the gather, 4x less to gather
-    self.labels = tf.constant(labels, tf.int32)
-    self.eval_rows = eval_rows          # K x chunk rows per evaluation call bound its memory
-    self._train_epoch = tf.function(self._epoch, reduce_retracing=True)
-    self._predict = tf.function(self._predict_chunk, reduce_retracing=True)
-
-  def _inputs(self, idx):
-    return tf.cast(tf.gather(self.images, idx), tf.float32) * (1.0 / 255.0)
-
-  def _epoch(self, params, velocity, order, weight):
-    """One epoch: order [K, steps, B] indices, weight [steps, B]; SGD with momentum
-    v <- momentum v + g, w <- w - lr v (as jax.example_libraries.optimizers.momentum)."""
-    c = self.config
-
-    def step(s, params, velocity):
-      idx = order[:, s]
-      grads = ensemble_gradients(params, self._inputs(idx), tf.gather(self.labels, idx),
-                                 weight[s], c.precision)
-      velocity = [c.momentum * v + g for v, g in zip(velocity, grads)]
-      params = [p - c.learning_rate * v for p, v in zip(params, velocity)]
-      return s + 1, params, velocity
-
-    _, params, velocity = tf.while_loop(lambda s, *_: s < tf.shape(order)[1], step,
-                                        (tf.constant(0), params, velocity))
-    return params, velocity
-
-  def _predict_chunk(self, params, start, size):
-    x = self._inputs(tf.range(start, start + size))[None]  # [1, chunk, in]: matmul broadcasts
-    logits, _ = ensemble_forward(params, x, self.config.precision)
-    return tf.argmax(logits, -1, output_type=tf.int32) == self.labels[start:start + size][None]
-
-  def train(self, seeds, ratio, on_epoch=None):
-    """Trains the runs `seeds` of `ratio` together; returns their final weights."""
-    c, n = self.config, len(self.labels)
-    params = [tf.constant(p) for p in stack_models([init_mlp(s, layer_sizes(c)) for s in seeds])]
-    velocity = [tf.zeros_like(p) for p in params]
-    orders = np.stack([batch_order(s, n, ratio, c.epochs, c.batch_size) for s in seeds], axis=1)
-    weight = tf.constant(batch_weights(subset_size(n, ratio), c.batch_size))
-    for epoch in range(c.epochs):
-      params, velocity = self._train_epoch(params, velocity, tf.constant(orders[epoch]), weight)
-      if on_epoch:
-        on_epoch(epoch)
-    return params
-
-  def correct(self, params):
-    """[K, n] bool: which examples each model classifies correctly."""
-    n, k = len(self.labels), int(params[0].shape[0])
-    chunk = max(1000, self.eval_rows // k)
-    return np.concatenate([self._predict(params, tf.constant(s), tf.constant(min(chunk, n - s))).numpy()
-                           for s in range(0, n, chunk)], axis=1)
-
 
 def accelerators():
   """The GPUs TensorFlow sees. Its first device query also starts its runtime, which logs
@@ -347,10 +293,139 @@ def accelerators():
     return tf.config.list_physical_devices('GPU')
 
 
-def default_models_at_once(runs):
-  """K: on a CPU, throughput is flat beyond K of about 8-16; a GPU wants more models."""
-  k = 64 if accelerators() else 16
-  return max(1, min(k, runs))
+def cpu_cores():
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def configure_tensorflow():
+  """On a CPU: one thread per op, as many ops at once as cores (the per-model layout's
+  parallelism). Must run before TensorFlow runs its first op; later it is a no-op."""
+  tf.get_logger().setLevel('ERROR')  # not its retracing notes
+  if accelerators():
+    return
+  with contextlib.suppress(RuntimeError):  # the runtime has started: keep its settings
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(cpu_cores())
+
+
+def gpu_memory_bytes():
+  """Total memory of the first GPU (nvidia-smi), or None."""
+  import subprocess
+  try:
+    out = subprocess.run(['nvidia-smi', '--query-gpu=memory.total', '--format=csv,noheader,nounits'],
+                         capture_output=True, text=True, timeout=10).stdout
+    return int(out.split()[0]) * 2**20
+  except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+    return None
+
+
+def default_models_at_once(runs, config=Config()):
+  """K. On a CPU: enough chains to keep every core busy (8 is as fast as 16 here). On a GPU:
+  as many as a quarter of its memory holds, at most 128 (weights, momentum, gradients and a
+  batch's activations take about 16 MB a model)."""
+  if accelerators():
+    sizes = layer_sizes(config)
+    per_model = 4 * (3 * sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
+                     + 4 * config.batch_size * sum(sizes))
+    memory = gpu_memory_bytes() or 8 * 2**30
+    k = min(128, memory // 4 // per_model)
+  else:
+    k = max(8, 2 * cpu_cores())
+  return int(max(1, min(k, runs)))
+
+
+def momentum_update(param, velocity, grad, config):
+  """v <- momentum v + g; w <- w - lr v, in place (as jax.example_libraries.optimizers.momentum,
+  which is also TensorFlow's ApplyMomentum)."""
+  return tf.raw_ops.ResourceApplyMomentum(
+      var=param.handle, accum=velocity.handle, lr=tf.constant(config.learning_rate),
+      grad=grad, momentum=tf.constant(config.momentum))
+
+
+class EnsembleTrainer:
+  """Compiled training and evaluation of K models at once, on data held on the device."""
+
+  def __init__(self, images, labels, config, per_model=None, eval_rows=160_000):
+    self.config = config
+    self.images = tf.constant(images)   # uint8: 4x less to gather than floats; cast after
+    self.labels = tf.constant(labels, tf.int32)
+    self.per_model = (not accelerators()) if per_model is None else per_model
+    self.dtype = tf.bfloat16 if config.precision == 'bfloat16' else tf.float32
+    self.eval_rows = eval_rows          # K x chunk rows per evaluation call: bounds its memory
+    self._compiled = {}                 # K -> (weights, velocities, epoch function)
+    self._predict = tf.function(self._predict_chunk)  # traced once per K
+
+  def _inputs(self, idx):
+    return tf.cast(tf.cast(tf.gather(self.images, idx), tf.float32) * (1.0 / 255.0), self.dtype)
+
+  def _groups(self, k):
+    """How the K models are laid out: K groups of one, or one group of K."""
+    return [[m] for m in range(k)] if self.per_model else [list(range(k))]
+
+  def _state(self, k):
+    """Variables for K models and the compiled epoch over them, made once per K."""
+    if k not in self._compiled:
+      sizes = layer_sizes(self.config)
+      shapes = [s for i, o in zip(sizes[:-1], sizes[1:]) for s in ((i, o), (1, o))]
+      groups = self._groups(k)
+      lead = lambda g: () if self.per_model else (len(g),)  # a plain 2-D chain, or stacked
+      params = [[tf.Variable(tf.zeros(lead(g) + s)) for s in shapes] for g in groups]
+      velocity = [[tf.Variable(tf.zeros(lead(g) + s)) for s in shapes] for g in groups]
+      epoch = tf.function(lambda order, weight: self._epoch(groups, params, velocity, order, weight),
+                          reduce_retracing=True)  # one trace for all subset sizes
+      self._compiled[k] = (params, velocity, epoch)
+    return self._compiled[k]
+
+  def _epoch(self, groups, params, velocity, order, weight):
+    """One epoch: order [K, steps, B] example indices, weight [steps, B]."""
+    def step(s):
+      updates = []
+      for g, p, v in zip(groups, params, velocity):
+        idx = order[g[0], s] if self.per_model else order[:, s]
+        grads = mlp_gradients([w.read_value() for w in p], self._inputs(idx),
+                              tf.gather(self.labels, idx), weight[s], self.dtype)
+        with tf.control_dependencies(grads):  # update in place once the old weights are used
+          updates += [momentum_update(w, vel, gr, self.config) for w, vel, gr in zip(p, v, grads)]
+      with tf.control_dependencies(updates):
+        return s + 1
+
+    tf.while_loop(lambda s: s < tf.shape(order)[1], step, [tf.constant(0)])
+
+  def train(self, seeds, ratio, on_epoch=None):
+    """Trains the runs `seeds` of `ratio` together; returns their weights, stacked [K, ...]."""
+    c, n, k = self.config, len(self.labels), len(seeds)
+    params, velocity, epoch_fn = self._state(k)
+    initial = stack_models([init_mlp(s, layer_sizes(c)) for s in seeds])
+    for g, p, v in zip(self._groups(k), params, velocity):
+      for w, vel, value in zip(p, v, initial):
+        w.assign(value[g[0]] if self.per_model else value)
+        vel.assign(tf.zeros_like(vel))
+    orders = np.stack([batch_order(s, n, ratio, c.epochs, c.batch_size) for s in seeds], axis=1)
+    weight = tf.constant(batch_weights(subset_size(n, ratio), c.batch_size))
+    for e in range(c.epochs):
+      epoch_fn(tf.constant(orders[e]), weight)
+      if on_epoch:
+        on_epoch(e)
+    return [tf.stack([p[j] for p in params]) if self.per_model else params[0][j].read_value()
+            for j in range(len(initial))]
+
+  def _predict_chunk(self, params, start, size):
+    """[K, size] bool: which of examples start..start+size each model gets right."""
+    x = self._inputs(tf.range(start, start + size))
+    y = self.labels[start:start + size]
+    if self.per_model:  # K independent chains, run side by side on the cores
+      logits = tf.stack([mlp_logits([p[m] for p in params], x, self.dtype)[0]
+                         for m in range(params[0].shape[0])])
+    else:  # [1, size, in] x [K, in, out]: matmul broadcasts the shared inputs
+      logits = mlp_logits(params, x[None], self.dtype)[0]
+    return tf.argmax(logits, -1, output_type=tf.int32) == y[None]
+
+  def correct(self, params):
+    """[K, n] bool: which examples each model classifies correctly."""
+    n, k = len(self.labels), int(params[0].shape[0])
+    chunk = max(1000, self.eval_rows // k)
+    return np.concatenate([self._predict(params, tf.constant(s), tf.constant(min(chunk, n - s))).numpy()
+                           for s in range(0, n, chunk)], axis=1)
 
 
 def train_run_group(trainer, ratio, seeds, on_epoch=None):
@@ -808,7 +883,7 @@ def train_missing_runs(trainer, store, runs, groups, epochs):
 def main(argv=None):
   config, args = parse_args(argv)
   start = time.perf_counter()
-  accelerators()
+  configure_tensorflow()
   try:
     with lock_store(args.out_dir):
       images, labels = load_mnist(args.data_dir, args.manual_dir)

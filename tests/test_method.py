@@ -48,7 +48,7 @@ def test_last_smaller_batch_is_trained_on_with_its_own_mean():
 
 def test_init_is_glorot_normal_truncated_with_small_normal_biases():
   w1, b1, w2, *_ = mnist.init_mlp(0, (784, 512, 256, 10))
-  assert w1.shape == (784, 512) and b1.shape == (512,)
+  assert w1.shape == (784, 512) and b1.shape == (1, 512)
   assert abs(w1.std() - np.sqrt(2 / (784 + 512))) < 0.02 * np.sqrt(2 / (784 + 512))
   assert abs(w1.mean()) < 1e-3
   assert np.abs(w1).max() <= 2 * np.sqrt(2 / (784 + 512)) / 0.87962566103423978 + 1e-6
@@ -62,37 +62,53 @@ def test_init_is_seeded_by_the_run_seed():
   assert not np.array_equal(a[0], c[0])
 
 
-@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
-def test_hand_written_gradients_equal_autodiff_of_the_mean_nll(precision):
+@pytest.mark.parametrize('stacked', [True, False])
+def test_hand_written_gradients_equal_autodiff_of_the_mean_nll(stacked):
   rng = np.random.default_rng(1)
-  params = [tf.constant(p) for p in mnist.stack_models([mnist.init_mlp(s, (784, 64, 32, 10)) for s in (1, 2)])]
-  x = tf.constant(rng.random((2, 16, 784), dtype=np.float32))
-  y = tf.constant(rng.integers(0, 10, (2, 16)).astype(np.int32))
+  models = [mnist.init_mlp(s, (784, 64, 32, 10)) for s in (1, 2)]
+  params = [tf.constant(p) for p in (mnist.stack_models(models) if stacked else models[0])]
+  shape = (2, 16) if stacked else (16,)
+  x = tf.constant(rng.random((*shape, 784), dtype=np.float32))
+  y = tf.constant(rng.integers(0, 10, shape).astype(np.int32))
   weight = tf.constant(np.r_[np.ones(11), np.zeros(5)].astype(np.float32))  # a padded last batch
   with tf.GradientTape() as tape:
     tape.watch(params)
-    loss = mnist.ensemble_loss(params, x, y, weight, precision)
+    loss = mnist.mlp_loss(params, x, y, weight)
   expected = tape.gradient(loss, params)
-  got = mnist.ensemble_gradients(params, x, y, weight, precision)
+  got = mnist.mlp_gradients(params, x, y, weight)
   for g, e in zip(got, expected):
     np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-4, atol=1e-6)
 
 
+def test_bfloat16_gradients_are_close_to_float32_ones():
+  rng = np.random.default_rng(3)
+  params = [tf.constant(p) for p in mnist.init_mlp(1, (784, 64, 32, 10))]
+  x = tf.constant(rng.random((64, 784), dtype=np.float32))
+  y = tf.constant(rng.integers(0, 10, 64).astype(np.int32))
+  weight = tf.ones(64)
+  exact = mnist.mlp_gradients(params, x, y, weight)
+  bf16 = mnist.mlp_gradients(params, x, y, weight, tf.bfloat16)
+  for g, e in zip(bf16, exact):
+    assert g.dtype == tf.float32
+    assert np.linalg.norm(g.numpy() - e.numpy()) <= 0.05 * np.linalg.norm(e.numpy())  # ~3% seen
+
+
 def test_padding_does_not_change_the_loss():
-  params = [tf.constant(p) for p in mnist.stack_models([mnist.init_mlp(0, (784, 32, 10))])]
+  params = [tf.constant(p) for p in mnist.init_mlp(0, (784, 32, 10))]
   rng = np.random.default_rng(2)
-  x = rng.random((1, 16, 784), dtype=np.float32)
-  y = rng.integers(0, 10, (1, 16)).astype(np.int32)
-  padded = mnist.ensemble_loss(params, x, y, np.r_[np.ones(11), np.zeros(5)].astype(np.float32))
-  real = mnist.ensemble_loss(params, x[:, :11], y[:, :11], np.ones(11, np.float32))
+  x = rng.random((16, 784), dtype=np.float32)
+  y = rng.integers(0, 10, 16).astype(np.int32)
+  padded = mnist.mlp_loss(params, x, y, np.r_[np.ones(11), np.zeros(5)].astype(np.float32))
+  real = mnist.mlp_loss(params, x[:11], y[:11], np.ones(11, np.float32))
   np.testing.assert_allclose(padded.numpy(), real.numpy(), rtol=1e-6)
 
 
 # --- Training --------------------------------------------------------------------------------------
 
-def test_k_models_trained_together_equal_the_same_models_trained_one_by_one(synthetic_data):
+@pytest.mark.parametrize('per_model', [False, True], ids=['batched', 'per-model'])
+def test_k_models_trained_together_equal_the_same_models_trained_one_by_one(synthetic_data, per_model):
   images, labels = synthetic_data
-  trainer = mnist.EnsembleTrainer(images, labels, SMALL)
+  trainer = mnist.EnsembleTrainer(images, labels, SMALL, per_model=per_model)
   together = trainer.train([10, 11, 12], 0.5)  # 2 epochs of 3 steps each
   for k, seed in enumerate([10, 11, 12]):
     alone = trainer.train([seed], 0.5)
@@ -104,18 +120,18 @@ def test_training_follows_sgd_with_momentum_on_the_runs_batches(synthetic_data):
   images, labels = synthetic_data
   config = dataclasses.replace(SMALL, epochs=1, hidden=(8,))
   n, seed, ratio = len(labels), 3, 0.5
-  params = [tf.constant(p[None]) for p in mnist.init_mlp(seed, mnist.layer_sizes(config))]
+  params = [tf.constant(p) for p in mnist.init_mlp(seed, mnist.layer_sizes(config))]
   velocity = [tf.zeros_like(p) for p in params]
   order = mnist.batch_order(seed, n, ratio, 1, config.batch_size)[0]
   weight = mnist.batch_weights(mnist.subset_size(n, ratio), config.batch_size)
   for idx, w in zip(order, weight):
-    x = tf.constant(images[idx][None] / 255.0, tf.float32)
-    grads = mnist.ensemble_gradients(params, x, labels[idx][None], w)
+    x = tf.constant(images[idx] / 255.0, tf.float32)
+    grads = mnist.mlp_gradients(params, x, labels[idx], w)
     velocity = [0.9 * v + g for v, g in zip(velocity, grads)]
     params = [p - 0.1 * v for p, v in zip(params, velocity)]
   trained = mnist.EnsembleTrainer(images, labels, config).train([seed], ratio)
   for t, p in zip(trained, params):
-    np.testing.assert_allclose(t.numpy(), p.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(t.numpy()[0], p.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_trained_models_learn_and_report_correctness_on_every_example(synthetic_data):

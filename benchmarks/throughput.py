@@ -1,0 +1,133 @@
+"""How close the trainer runs to this machine's limit, measured in one run.
+
+    python benchmarks/throughput.py [--models-at-once K] [--epochs 1] [--skip-bf16]
+
+On synthetic data of MNIST's shape (no download), it measures
+  (a) the machine's matmul rate through TensorFlow: a 4096^3 matmul, fp32 (and bf16);
+  (b) the trainer on a slice of the real protocol: one group of K models at ratio 0.5, then
+      their evaluation on all 60,000 examples, in examples/s and GFLOP/s;
+  (c) the same slice one model at a time (K = 1);
+and prints (b)/(a), (b)/(c), bf16/fp32 and the full protocol's projected wall time. Only figures
+from the same run are compared: this machine's speed varies from run to run.
+"""
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import mnist  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+N, RATIO = 60000, 0.5
+
+
+def flops_per_example(sizes):
+  """(training step, forward) FLOPs of one example: forward 2 sum(in out); backward the weight
+  gradients 2 sum(in out) plus the input gradients of all layers but the first."""
+  forward = 2 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
+  backward = forward + 2 * sum(i * o for i, o in zip(sizes[1:-1], sizes[2:]))
+  return forward + backward, forward
+
+
+def matmul_rate(dtype, size=4096, repeats=5):
+  """Best GFLOP/s of a size^3 matmul over a few repeats."""
+  a = tf.cast(tf.random.normal((size, size)), dtype)
+  b = tf.cast(tf.random.normal((size, size)), dtype)
+  mm = tf.function(tf.matmul)
+  mm(a, b).numpy()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    mm(a, b).numpy()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best / 1e9
+
+
+def machine_matmul_rates(dtypes):
+  """{dtype: GFLOP/s} of matmul_rate, measured in a fresh process with TensorFlow's default
+  threading (every core on one op): the machine's rate, whatever this process sets."""
+  out = subprocess.run([sys.executable, __file__, '--matmul-only', ','.join(dtypes)],
+                       capture_output=True, text=True, check=True).stdout
+  return json.loads(out.splitlines()[-1])
+
+
+def synthetic_mnist(seed=0):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, N).astype(np.int32)
+  images = rng.integers(0, 256, (N, 784)).astype(np.uint8)
+  return images, labels
+
+
+def time_slice(trainer, k, epochs):
+  """(train examples/s, eval examples/s) of one group of k models at RATIO, after compiling
+  for two other shapes, so that the timed call neither traces nor compiles."""
+  for ratio in (0.01, 0.02):
+    trainer.correct(trainer.train(list(range(k)), ratio))
+  start = time.perf_counter()
+  params = trainer.train(list(range(100, 100 + k)), RATIO)
+  params[0].numpy()
+  t_train = time.perf_counter() - start
+  start = time.perf_counter()
+  trainer.correct(params)
+  t_eval = time.perf_counter() - start
+  return k * mnist.subset_size(N, RATIO) * epochs / t_train, k * N / t_eval
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--models-at-once', type=int, default=0, help='K; 0: the default for this device')
+  p.add_argument('--epochs', type=int, default=1)
+  p.add_argument('--skip-bf16', action='store_true')
+  p.add_argument('--matmul-only', help=argparse.SUPPRESS)  # (a), in its own process
+  args = p.parse_args()
+  if args.matmul_only:
+    print(json.dumps({d: matmul_rate(getattr(tf, d)) for d in args.matmul_only.split(',')}))
+    return
+  mnist.configure_tensorflow()  # as mnist.py does, before any TensorFlow op
+  k = args.models_at_once or mnist.default_models_at_once(200)
+  sizes = mnist.layer_sizes(mnist.Config())
+  train_flops, eval_flops = flops_per_example(sizes)
+  images, labels = synthetic_mnist()
+
+  print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
+        f'GPUs: {len(mnist.accelerators())}; TensorFlow {tf.__version__}, Python {platform.python_version()}')
+  peak = machine_matmul_rates(['float32'] + ([] if args.skip_bf16 else ['bfloat16']))
+  for dtype, rate in peak.items():
+    print(f'(a) matmul 4096^3 {dtype}: {rate:.0f} GFLOP/s')
+
+  results = {}
+  for name, kk, precision in [('(b)', k, 'float32'), ('(c)', 1, 'float32')] + \
+      ([] if args.skip_bf16 else [('(b bf16)', k, 'bfloat16')]):
+    config = mnist.Config(epochs=args.epochs, precision=precision)
+    train_rate, eval_rate = time_slice(mnist.EnsembleTrainer(images, labels, config), kk, args.epochs)
+    results[name] = (train_rate, eval_rate)
+    print(f'{name} trainer K={kk} {precision}, ratio {RATIO}, {args.epochs} epoch(s): '
+          f'train {train_rate:,.0f} examples/s = {train_rate * train_flops / 1e9:.0f} GFLOP/s; '
+          f'eval {eval_rate:,.0f} examples/s = {eval_rate * eval_flops / 1e9:.0f} GFLOP/s')
+
+  b, c = results['(b)'], results['(c)']
+  print(f'(b)/(a) fp32 trainer / matmul rate: {b[0] * train_flops / 1e9 / peak["float32"]:.2f}')
+  print(f'(b)/(c) K={k} / one at a time: {b[0] / c[0]:.2f}x')
+  if '(b bf16)' in results:
+    print(f'bf16 / fp32 trainer: {results["(b bf16)"][0] / b[0]:.2f}x')
+
+  protocol = mnist.Config()
+  steps = sum(protocol.runs * mnist.subset_size(N, r) * protocol.epochs for r in protocol.ratios)
+  evals = len(protocol.ratios) * protocol.runs * N
+  for name, (train_rate, eval_rate) in results.items():
+    hours = (steps / train_rate + evals / eval_rate) / 3600
+    print(f'projected full protocol ({len(protocol.ratios)} ratios x {protocol.runs} runs x '
+          f'{protocol.epochs} epochs) with {name}: {hours:.2f} h')
+  print(f'peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB')
+
+
+if __name__ == '__main__':
+  main()
