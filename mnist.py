@@ -19,9 +19,10 @@ Typical digits get C close to 1; ambiguous, odd or mislabeled ones get C close t
 
 This script reproduces the authors' MNIST demo (same data order, model, optimiser, subsets and
 estimator) and differs from it in how the work is done:
-  * K models of one ratio train in lockstep in one compiled TensorFlow loop: weights stacked as
-    [K, in, out], one batched matmul per layer, each model with its own subset, batch order and
-    initialisation. This keeps a GPU, or the cores of a CPU, busy.
+  * K models of one ratio train in lockstep, whole epochs in one compiled TensorFlow loop, each
+    model with its own subset, batch order and initialisation: on a GPU as one batched matmul
+    per layer (weights stacked [K, in, out]), on a CPU as K chains of plain matmuls side by side
+    on the cores. This keeps the device busy; one model at a time leaves it mostly idle.
   * Every finished group of runs is saved at once to a results store in the output directory,
     so a stopped run resumes where it stopped, and a larger --runs only adds runs.
   * An example that no run held out at some ratio has no estimate there; that ratio is left out
@@ -41,7 +42,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -130,6 +130,11 @@ def network_reachable(host=MNIST_HOST, timeout=5.0):
     return False
 
 
+def proxied():
+  """Behind a proxy the host may not resolve here, yet tfds' download works."""
+  return any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy'))
+
+
 def load_mnist(data_dir=None, manual_dir=None):
   """MNIST's training split as (images uint8 [n, 784], labels int32 [n]), in tfds' order.
 
@@ -142,7 +147,7 @@ def load_mnist(data_dir=None, manual_dir=None):
   if not builder.is_prepared():
     print(f'preparing MNIST in {builder.data_dir} (once)', flush=True)
     config = mnist_download_config(manual_dir)
-    if manual_dir is None and not os.environ.get('HTTPS_PROXY') and not network_reachable():
+    if manual_dir is None and not proxied() and not network_reachable():
       raise CScoreError(
           f'MNIST is not prepared in {builder.data_dir} and {MNIST_HOST} cannot be reached. '
           'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '
@@ -263,7 +268,8 @@ def mlp_loss(params, x, y, weight, dtype=tf.float32):
 def mlp_gradients(params, x, y, weight, dtype=tf.float32):
   """The gradient of mlp_loss (fp32), by hand: no gradient for the inputs x, and transposed
   matmuls instead of materialised transposes."""
-  logits, activations = mlp_logits(params, x, dtype)
+  weights = [tf.cast(p, dtype) for p in params]  # cast once for forward and backward
+  logits, activations = mlp_logits(weights, x, dtype)
   delta = (tf.nn.softmax(logits) - tf.one_hot(y, NUM_CLASSES)) * (weight / tf.reduce_sum(weight))[:, None]
   delta = tf.cast(delta, dtype)
   grads = []
@@ -272,7 +278,7 @@ def mlp_gradients(params, x, y, weight, dtype=tf.float32):
     grads = [tf.cast(tf.matmul(a, delta, transpose_a=True), tf.float32),
              tf.reduce_sum(tf.cast(delta, tf.float32), -2, keepdims=True)] + grads
     if i > 0:
-      delta = tf.matmul(delta, tf.cast(params[i], dtype), transpose_b=True) * tf.cast(a > 0, dtype)
+      delta = tf.matmul(delta, weights[i], transpose_b=True) * tf.cast(a > 0, dtype)
   return grads
 
 
@@ -281,9 +287,9 @@ def mlp_gradients(params, x, y, weight, dtype=tf.float32):
 #
 # Two layouts of the same computation. On a GPU, one batched matmul per layer for all K models
 # (weights stacked [K, in, out]) keeps the device busy. On a CPU, TensorFlow's batched matmul
-# uses its cores poorly for these small shapes (about 120-140 GFLOP/s here against 220 for a
+# uses its cores poorly for these small shapes (about 120-140 GFLOP/s here against 217 for a
 # large matmul); K independent chains of plain matmuls, one thread each and one chain per core
-# at a time, reach about 185. Either way the K models step in lockstep inside one tf.while_loop.
+# at a time, reach 155-180. Either way the K models step in lockstep inside one tf.while_loop.
 # ------------------------------------------------------------------------------------------------
 
 def accelerators():
@@ -784,24 +790,17 @@ def parse_ratios(text):
   return ratios
 
 
-def positive_int(text):
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'not a whole number: {text!r}')
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
-  return value
-
-
-def non_negative_int(text):
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'not a whole number: {text!r}')
-  if value < 0:
-    raise argparse.ArgumentTypeError(f'must be 0 or more, got {value}')
-  return value
+def int_at_least(minimum):
+  """An argparse type: a whole number >= minimum."""
+  def parse(text):
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'not a whole number: {text!r}')
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f'must be at least {minimum}, got {value}')
+    return value
+  return parse
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -815,14 +814,14 @@ def parse_args(argv=None):
   p = OneLineErrorParser(
       prog='mnist.py', description='Estimate the C-score of every MNIST training example.',
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument('--runs', type=positive_int, default=d.runs, help='models trained per ratio')
+  p.add_argument('--runs', type=int_at_least(1), default=d.runs, help='models trained per ratio')
   p.add_argument('--ratios', type=parse_ratios, default=d.ratios,
                  help='subset ratios, comma-separated, each in (0, 1)')
-  p.add_argument('--epochs', type=positive_int, default=d.epochs)
-  p.add_argument('--batch-size', type=positive_int, default=d.batch_size)
-  p.add_argument('--seed', type=non_negative_int, default=d.seed, help='first run seed')
+  p.add_argument('--epochs', type=int_at_least(1), default=d.epochs)
+  p.add_argument('--batch-size', type=int_at_least(1), default=d.batch_size)
+  p.add_argument('--seed', type=int_at_least(0), default=d.seed, help='first run seed')
   p.add_argument('--precision', choices=('float32', 'bfloat16'), default=d.precision)
-  p.add_argument('--models-at-once', type=non_negative_int, default=d.models_at_once,
+  p.add_argument('--models-at-once', type=int_at_least(0), default=d.models_at_once,
                  help='K, the models trained together; 0 picks it from the device')
   p.add_argument('--out-dir', default='.', help='where the outputs and the results store go')
   p.add_argument('--data-dir', default=None, help="tensorflow-datasets' data dir")
