@@ -495,6 +495,7 @@ def lock_store(out_dir):
   path = os.path.join(out_dir, STORE_DIR)
   try:
     os.makedirs(path, exist_ok=True)
+    tempfile.TemporaryFile(dir=out_dir).close()  # the outputs go to out_dir itself
     lock = open(os.path.join(path, '.lock'), 'a')
   except OSError as e:
     raise CScoreError(f'cannot write to --out-dir {out_dir}: {e.strerror or e}') from e
@@ -512,10 +513,15 @@ def open_store(out_dir, settings, fresh=False):
   path = os.path.join(out_dir, STORE_DIR)
   settings_path = os.path.join(path, SETTINGS_FILE)
   os.makedirs(path, exist_ok=True)
-  for name in os.listdir(path):  # under the lock: no other process is writing here
-    if name.startswith('.tmp-') or (fresh and (name.endswith('.npz') or name == SETTINGS_FILE)):
-      os.unlink(os.path.join(path, name))  # what a killed write left, or --fresh
+  for folder in (out_dir, path):  # under the lock: no other process is writing here
+    for name in os.listdir(folder):
+      if name.startswith('.tmp-') or (folder == path and fresh and
+                                      (name.endswith('.npz') or name == SETTINGS_FILE)):
+        os.unlink(os.path.join(folder, name))  # what a killed write left, or --fresh
   if not os.path.exists(settings_path):
+    if any(name.startswith('runs-') for name in os.listdir(path)):
+      raise CScoreError(f'{path} holds runs but no {SETTINGS_FILE}: their settings are unknown; '
+                        'use --fresh to start over, or another --out-dir')
     write_atomically(settings_path, lambda f: f.write(json.dumps(settings, indent=1).encode()))
     return path
   try:
@@ -532,7 +538,7 @@ def open_store(out_dir, settings, fresh=False):
 
 
 def save_runs(store, ratio, seeds, held_out, correct):
-  name = f'runs-r{ratio:.4f}-s{seeds[0]:06d}-{seeds[-1]:06d}-k{len(seeds)}.npz'
+  name = f'runs-r{ratio_key(ratio):.6f}-s{seeds[0]:06d}-{seeds[-1]:06d}-k{len(seeds)}.npz'
   arrays = dict(ratio=np.float64(ratio), seeds=np.asarray(seeds, np.int64),
                 n=np.int64(held_out.shape[1]),
                 held_out=np.packbits(held_out, axis=1), correct=np.packbits(correct, axis=1))
@@ -623,6 +629,18 @@ def standard_error(per_ratio, counts):
     return np.where(counted.any(0), np.sqrt(np.where(counted, var, 0).sum(0)) / counted.sum(0), np.nan)
 
 
+def runs_to_halve_standard_error(est):
+  """The --runs at which the median standard error would be half today's, if each example's
+  per-ratio scores stayed as they are. Not simply 4x: at a score of 1, the Jeffreys variance
+  falls about as 1/count^2, so there 2x the runs halve it."""
+  runs = int(est.runs.max())
+  target = np.nanmedian(est.standard_error) / 2
+  for factor in np.arange(1.25, 16.01, 0.25):
+    if np.nanmedian(standard_error(est.per_ratio, est.held_out_counts * factor)) <= target:
+      return int(np.ceil(runs * factor))
+  return 16 * runs
+
+
 def heldout_accuracy(held_out, correct):
   """Mean over runs of each run's accuracy on the examples it held out."""
   return float(np.mean((held_out & correct).sum(1) / np.maximum(held_out.sum(1), 1)))
@@ -710,7 +728,7 @@ def hard_examples(scores, count, top=0.5):
   runs the very hardest all sit at 0 and their curves coincide."""
   idx = np.flatnonzero(~np.isnan(scores))
   chosen = []
-  for target in np.linspace(0, top, count):
+  for target in np.linspace(0, top, min(count, len(idx))):
     free = idx[~np.isin(idx, chosen)]
     chosen.append(free[np.argmin(np.abs(scores[free] - target))])
   return np.array(chosen)
@@ -718,7 +736,8 @@ def hard_examples(scores, count, top=0.5):
 
 def cscores_figure(est, images, labels, path, hard=6):
   """The distribution of C-scores, the learning curve, C-score per class, and C_r against the
-  subset ratio for the hardest examples."""
+  subset ratio for hard examples (spread over C in [0, 0.5], not only the very hardest, which
+  with few runs all sit at 0 on top of each other)."""
   plt = pyplot()
   fig = plt.figure(figsize=(13, 8.5), layout='constrained')
   grid = fig.add_gridspec(2, 3)
@@ -737,10 +756,12 @@ def cscores_figure(est, images, labels, path, hard=6):
   ax.grid(alpha=0.3)
 
   ax = fig.add_subplot(grid[0, 2])
-  per_class = [np.nanmean(est.cscores[labels == d]) for d in range(NUM_CLASSES)]
+  scored = ~np.isnan(est.cscores)
+  per_class = [est.cscores[scored & (labels == d)].mean() if (scored & (labels == d)).any() else 0
+               for d in range(NUM_CLASSES)]
   ax.bar(range(NUM_CLASSES), per_class, color='tab:green')
   ax.set(xlabel='digit', ylabel='mean C-score', xticks=range(NUM_CLASSES),
-         ylim=(min(per_class) - 0.02, 1), title='C-score per class')
+         ylim=(max(0, min(per_class) - 0.02), 1), title='C-score per class')
 
   ax = fig.add_subplot(grid[1, :2])
   chosen = hard_examples(est.cscores, hard)
@@ -829,6 +850,8 @@ def parse_args(argv=None):
                  help='a folder holding the four official MNIST .gz files, for offline machines')
   p.add_argument('--fresh', action='store_true', help='discard the results store and start over')
   args = p.parse_args(argv)
+  if args.seed + args.runs > 2**32:  # numpy's RandomState takes seeds below 2^32
+    p.error(f'--seed + --runs must stay below 2^32 = {2**32}')
   config = dataclasses.replace(d, runs=args.runs, ratios=args.ratios, epochs=args.epochs,
                                batch_size=args.batch_size, seed=args.seed,
                                precision=args.precision, models_at_once=args.models_at_once)
@@ -844,9 +867,10 @@ def summary_lines(est, trained, seconds):
                f'{(valid < 0.5).sum()} below 0.5, {(valid < 0.1).sum()} below 0.1')
   if len(valid):
     runs = int(est.runs.max())
+    more = runs_to_halve_standard_error(est)
     lines.append(f'standard error: median {np.nanmedian(se):.4f}, 95th percentile '
-                 f'{np.nanpercentile(se, 95):.4f}; it shrinks as 1/sqrt(runs): halving it takes '
-                 f'4x the runs (--runs {4 * runs}, {3 * runs} more per ratio)')
+                 f'{np.nanpercentile(se, 95):.4f}; --runs {more} would halve the median '
+                 f'({more - runs} more per ratio)')
   rate = trained / seconds if seconds > 0 else float('nan')
   lines.append(f'models trained now: {trained} in {datetime.timedelta(seconds=round(seconds))} '
                f'({rate:.3f} models/s); models in the estimate: {est.runs.sum()}')
@@ -861,7 +885,7 @@ def write_outputs(out_dir, images, labels, runs, config):
   """Estimates from the stored runs, written as the output files; returns them."""
   est = estimate(runs, config, len(labels))
   path = {k: os.path.join(out_dir, name) for k, name in OUTPUTS.items()}
-  np.save(path['scores'], est.cscores.astype(np.float32))
+  write_atomically(path['scores'], lambda f: np.save(f, est.cscores.astype(np.float32)))
   write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est)))
   if not np.isnan(est.cscores).all():
     examples_figure(images, labels, est.cscores, path['examples'])
@@ -913,7 +937,8 @@ def main(argv=None):
     print(f'mnist.py: error: {e}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print('mnist.py: interrupted before training started', file=sys.stderr)
+    print('mnist.py: interrupted; finished runs are kept in the store: run the same command '
+          'again to resume', file=sys.stderr)
     return 130
   for line in summary_lines(est, trained, time.perf_counter() - start):
     print(line)

@@ -11,13 +11,13 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import mnist  # noqa: E402
+
+# As mnist.py's main() does, before TensorFlow's first op: the in-process runs then compute
+# exactly as the script's own processes do, whatever order the tests run in.
+mnist.configure_tensorflow()
+
 MANUAL_DIR = pathlib.Path(os.environ.get('MNIST_MANUAL_DIR', ROOT.parent / 'shared' / 'mnist'))
-
-
-@pytest.fixture(scope='session')
-def mnist_module():
-  import mnist
-  return mnist
 
 
 @pytest.fixture
@@ -32,13 +32,18 @@ def synthetic_data():
 
 
 @pytest.fixture(scope='session')
-def mnist_data_dir(tmp_path_factory):
-  """A tfds data dir holding the real MNIST, prepared from MANUAL_DIR."""
+def manual_dir():
+  """The folder of the four official MNIST files."""
   if not MANUAL_DIR.is_dir():
     pytest.skip(f'no MNIST files at {MANUAL_DIR} (set MNIST_MANUAL_DIR)')
-  import mnist
+  return MANUAL_DIR
+
+
+@pytest.fixture(scope='session')
+def mnist_data_dir(tmp_path_factory, manual_dir):
+  """A tfds data dir holding the real MNIST, prepared from the official files."""
   data_dir = tmp_path_factory.mktemp('tfds')
-  mnist.load_mnist(str(data_dir), str(MANUAL_DIR))
+  mnist.load_mnist(str(data_dir), str(manual_dir))
   return data_dir
 
 

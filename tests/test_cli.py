@@ -36,6 +36,7 @@ def test_flags_override_the_defaults():
     (['--epochs', '0'], 'at least 1'),
     (['--batch-size', '-3'], 'at least 1'),
     (['--runs', 'many'], 'not a whole number'),
+    (['--seed', str(2**32 - 1), '--runs', '2'], 'below 2^32'),
 ])
 def test_bad_flags_are_one_line_and_exit_2(capsys, argv, says):
   code, err = parse_error(capsys, *argv)
@@ -56,6 +57,7 @@ def test_manual_dir_missing_a_file_is_an_error_naming_it(tmp_path, capsys):
 
 def test_no_data_and_no_network_says_how_to_use_manual_dir(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(mnist, 'network_reachable', lambda *a, **k: False)
+  monkeypatch.setattr(mnist, 'proxied', lambda: False)
   code = mnist.main(['--data-dir', str(tmp_path / 'tfds'), '--out-dir', str(tmp_path / 'out')])
   err = capsys.readouterr().err
   assert code == 1 and err.count('\n') == 1 and '--manual-dir' in err

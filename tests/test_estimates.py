@@ -88,6 +88,23 @@ def test_standard_error_shrinks_as_one_over_sqrt_runs():
   np.testing.assert_allclose(np.sqrt(few / many), 2, rtol=0.02)
 
 
+def estimates_with_scores(p, runs=20, count=100, n=50):
+  """Estimates of n examples, each with per-ratio score p from `count` held-out runs."""
+  per_ratio = np.full((2, n), p)
+  counts = np.full((2, n), count)
+  return mnist.Estimates(np.array([0.3, 0.6]), np.array([runs, runs]), np.full(2, 0.9), per_ratio,
+                         counts, per_ratio[0], mnist.standard_error(per_ratio, counts),
+                         np.zeros((2, n)), np.zeros(n))
+
+
+def test_runs_that_halve_the_standard_error_are_about_4x_for_middling_scores():
+  assert 75 <= mnist.runs_to_halve_standard_error(estimates_with_scores(0.5)) <= 85
+
+
+def test_runs_that_halve_the_standard_error_are_about_2x_where_every_run_was_right():
+  assert 35 <= mnist.runs_to_halve_standard_error(estimates_with_scores(1.0)) <= 45
+
+
 def test_heldout_accuracy_is_the_mean_of_each_runs_accuracy_on_what_it_held_out():
   held_out = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
   correct = np.array([[1, 0, 0, 0], [1, 1, 1, 0]], bool)
@@ -117,3 +134,15 @@ def test_outputs_are_written_from_a_store(tmp_path):
     np.testing.assert_array_equal(details['standard_error'], est.standard_error)
   for name in ('mnist-examples.pdf', 'mnist-cscores.pdf', 'mnist-memorized.pdf'):
     assert (tmp_path / name).read_bytes()[:4] == b'%PDF'
+
+
+def test_outputs_are_written_when_few_examples_have_a_score(tmp_path):
+  n = 200
+  held_out = np.zeros(n, bool)
+  held_out[:3] = True  # one run that held out 3 examples, all of class 0, 1 and 2
+  store = {(0.99, 0): (held_out, np.ones(n, bool))}
+  images = np.zeros((n, 784), np.uint8)
+  est = mnist.write_outputs(str(tmp_path), images, np.arange(n) % 10, store,
+                            mnist.Config(ratios=(0.99,), runs=1))
+  assert (~np.isnan(est.cscores)).sum() == 3
+  assert (tmp_path / 'mnist-cscores.pdf').exists()

@@ -5,13 +5,14 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 import mnist
-from conftest import MANUAL_DIR, TINY, run_script, script_command
+from conftest import MANUAL_DIR, ROOT, TINY, run_script, script_command
 
 
 def stored_files(out):
@@ -132,9 +133,9 @@ def test_an_out_dir_that_cannot_be_written_is_an_error_before_training(tmp_path,
 
 
 # 7. manual dir with a wrong file
-def test_a_manual_dir_file_with_a_wrong_checksum_is_an_error_naming_it(tmp_path, capsys):
+def test_a_manual_dir_file_with_a_wrong_checksum_is_an_error_naming_it(tmp_path, capsys, manual_dir):
   manual = tmp_path / 'manual'
-  shutil.copytree(MANUAL_DIR, manual)
+  shutil.copytree(manual_dir, manual)
   bad = manual / 't10k-labels-idx1-ubyte.gz'
   os.chmod(bad, 0o644)
   bad.write_bytes(bad.read_bytes()[:1000])
@@ -162,11 +163,26 @@ def test_a_second_process_on_the_same_out_dir_refuses_at_once(tmp_path, capsys):
   assert 'another mnist.py is running' in capsys.readouterr().err
 
 
-def test_the_lock_ends_with_the_process_holding_it(tmp_path):
+def test_the_lock_ends_with_the_process_holding_it_even_on_kill_9(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time, mnist; lock = mnist.lock_store(sys.argv[1]); '
+       'print("locked", flush=True); time.sleep(600)', str(tmp_path)],
+      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == 'locked'
+  with pytest.raises(mnist.CScoreError, match='another mnist.py is running'):
+    mnist.lock_store(str(tmp_path))
+  holder.kill()
+  holder.wait()
   with mnist.lock_store(str(tmp_path)):
     pass
-  with mnist.lock_store(str(tmp_path)):
-    pass
+
+
+def test_a_store_with_runs_but_no_settings_is_refused(tmp_path):
+  store = mnist.open_store(tmp_path, mnist.store_settings(mnist.Config(), 'x'))
+  mnist.save_runs(store, 0.5, [0], np.ones((1, 8), bool), np.ones((1, 8), bool))
+  os.unlink(os.path.join(store, mnist.SETTINGS_FILE))
+  with pytest.raises(mnist.CScoreError, match='no settings.json.*--fresh'):
+    mnist.open_store(tmp_path, mnist.store_settings(mnist.Config(), 'x'))
 
 
 # 10. reproducible

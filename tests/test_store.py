@@ -75,3 +75,10 @@ def test_a_larger_runs_only_adds_runs():
   done = {(r, s): None for r in (0.1, 0.2) for s in range(4)}
   groups = mnist.planned_groups(mnist.Config(ratios=(0.1, 0.2), runs=6), done, k=4)
   assert groups == [(0.1, [4, 5]), (0.2, [4, 5])]
+
+
+def test_ratios_that_differ_in_the_sixth_decimal_get_their_own_files(tmp_path):
+  store = mnist.open_store(tmp_path, SETTINGS)
+  mnist.save_runs(store, 0.12345, [0], *random_runs(1))
+  mnist.save_runs(store, 0.12346, [0], *random_runs(1))
+  assert sorted(mnist.load_runs(store)) == [(0.12345, 0), (0.12346, 0)]
