@@ -23,8 +23,10 @@ def stored_files(out):
 def start_and_signal_after_first_group(argv, sig):
   """Starts the script, sends `sig` once its first group is stored; returns the process."""
   out = argv[argv.index('--out-dir') + 1]
+  # A shell's background jobs ignore SIGINT and their children inherit that; give the script
+  # the default disposition a terminal's foreground job has.
   proc = subprocess.Popen(script_command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+                          text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.time() + 300
   while not stored_files(pathlib.Path(out)) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
