@@ -114,6 +114,8 @@ def mnist_download_config(manual_dir):
   import tensorflow_datasets as tfds
   if manual_dir is None:
     return tfds.download.DownloadConfig()
+  if not os.path.isdir(manual_dir):
+    raise CScoreError(f'--manual-dir {manual_dir} is not a folder')
   missing = [f for f in MNIST_FILES if not os.path.isfile(os.path.join(manual_dir, f))]
   if missing:
     raise CScoreError(f'--manual-dir {manual_dir}: missing {", ".join(missing)} '
@@ -915,6 +917,9 @@ def train_missing_runs(trainer, store, runs, groups, epochs):
   return trained, False
 
 
+INTERRUPTED = 'interrupted: finished runs are kept in the store; run the same command again to resume'
+
+
 def main(argv=None):
   config, args = parse_args(argv)
   start = time.perf_counter()
@@ -925,7 +930,7 @@ def main(argv=None):
       store = open_store(args.out_dir, store_settings(config, data_fingerprint(images, labels)),
                          fresh=args.fresh)
       runs = load_runs(store)
-      k = config.models_at_once or default_models_at_once(config.runs)
+      k = config.models_at_once or default_models_at_once(config.runs, config)
       groups = planned_groups(config, runs, k)
       todo = sum(len(seeds) for _, seeds in groups)
       print(f'{len(labels)} examples; {len(config.ratios)} ratios x {config.runs} runs: '
@@ -937,14 +942,12 @@ def main(argv=None):
     print(f'mnist.py: error: {e}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print('mnist.py: interrupted; finished runs are kept in the store: run the same command '
-          'again to resume', file=sys.stderr)
+    print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)
     return 130
   for line in summary_lines(est, trained, time.perf_counter() - start):
     print(line)
   if interrupted:
-    print('interrupted: finished runs are kept in the store; run the same command again to '
-          'resume', file=sys.stderr)
+    print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)
     return 130
   return 0
 

@@ -61,3 +61,10 @@ def test_no_data_and_no_network_says_how_to_use_manual_dir(tmp_path, capsys, mon
   code = mnist.main(['--data-dir', str(tmp_path / 'tfds'), '--out-dir', str(tmp_path / 'out')])
   err = capsys.readouterr().err
   assert code == 1 and err.count('\n') == 1 and '--manual-dir' in err
+
+
+def test_a_manual_dir_that_is_not_a_folder_is_an_error_saying_so(tmp_path, capsys):
+  code = mnist.main(['--manual-dir', str(tmp_path / 'nowhere'), '--data-dir', str(tmp_path / 'tfds'),
+                     '--out-dir', str(tmp_path / 'out')])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count('\n') == 1 and 'is not a folder' in err
