@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -294,6 +295,7 @@ def mlp_gradients(params, x, y, weight, dtype=tf.float32):
 # at a time, reach 155-180. Either way the K models step in lockstep inside one tf.while_loop.
 # ------------------------------------------------------------------------------------------------
 
+@functools.cache  # the devices do not change within a process
 def accelerators():
   """The GPUs TensorFlow sees. Its first device query also starts its runtime, which logs
   (e.g. a failed CUDA init on a CPU machine) past TF_CPP_MIN_LOG_LEVEL: hence the silence."""
@@ -318,6 +320,7 @@ def configure_tensorflow():
     tf.config.threading.set_inter_op_parallelism_threads(cpu_cores())
 
 
+@functools.cache  # one nvidia-smi call, however many ask
 def gpu_memory_bytes():
   """Total memory of the first GPU (nvidia-smi), or None."""
   import subprocess
