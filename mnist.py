@@ -200,9 +200,11 @@ def held_out_mask(seed, n, ratio):
 
 
 def batch_order(seed, n, ratio, epochs, batch_size):
-  """[epochs, steps, batch_size] example indices of the run's batches, a fresh permutation of
-  the subset each epoch. The last, smaller batch is padded with index 0; see batch_weights."""
+  """[epochs, steps, width] example indices of the run's batches, a fresh permutation of the
+  subset each epoch; width = batch_size, or the subset's size if smaller (one batch of it all).
+  The last, smaller batch is padded with index 0; see batch_weights."""
   rs, subset = run_generator(seed, n, ratio)
+  batch_size = min(batch_size, len(subset))  # no padding wider than the data
   steps = -(-len(subset) // batch_size)
   order = np.zeros((epochs, steps * batch_size), dtype=np.int32)
   for e in range(epochs):
@@ -211,7 +213,8 @@ def batch_order(seed, n, ratio, epochs, batch_size):
 
 
 def batch_weights(m, batch_size):
-  """[steps, batch_size] weights: 1 for real examples, 0 for the padding of the last batch."""
+  """[steps, width] weights: 1 for real examples, 0 for the padding of the last batch."""
+  batch_size = min(batch_size, m)
   steps = -(-m // batch_size)
   w = np.zeros(steps * batch_size, dtype=np.float32)
   w[:m] = 1
@@ -933,7 +936,7 @@ def main(argv=None):
       store = open_store(args.out_dir, store_settings(config, data_fingerprint(images, labels)),
                          fresh=args.fresh)
       runs = load_runs(store)
-      k = config.models_at_once or default_models_at_once(config.runs, config)
+      k = min(config.models_at_once, config.runs) or default_models_at_once(config.runs, config)
       groups = planned_groups(config, runs, k)
       todo = sum(len(seeds) for _, seeds in groups)
       print(f'{len(labels)} examples; {len(config.ratios)} ratios x {config.runs} runs: '
@@ -943,6 +946,10 @@ def main(argv=None):
       est = write_outputs(args.out_dir, images, labels, runs, config)
   except (CScoreError, OSError) as e:
     print(f'mnist.py: error: {e}', file=sys.stderr)
+    return 1
+  except (MemoryError, tf.errors.ResourceExhaustedError):
+    print('mnist.py: error: out of memory; use a smaller --models-at-once or --batch-size',
+          file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)

@@ -68,3 +68,12 @@ def test_a_manual_dir_that_is_not_a_folder_is_an_error_saying_so(tmp_path, capsy
                      '--out-dir', str(tmp_path / 'out')])
   err = capsys.readouterr().err
   assert code == 1 and err.count('\n') == 1 and 'is not a folder' in err
+
+
+def test_running_out_of_memory_is_one_line_suggesting_smaller_settings(tmp_path, capsys, monkeypatch):
+  def no_memory(*args, **kwargs):
+    raise MemoryError
+  monkeypatch.setattr(mnist, 'load_mnist', no_memory)
+  assert mnist.main(['--out-dir', str(tmp_path)]) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and '--models-at-once' in err

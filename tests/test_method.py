@@ -44,6 +44,13 @@ def test_last_smaller_batch_is_trained_on_with_its_own_mean():
   np.testing.assert_array_equal(weight.sum(1), [128, 128, 44])
 
 
+def test_a_batch_size_beyond_the_subset_trains_on_the_whole_subset_at_once():
+  order = mnist.batch_order(seed=2, n=100, ratio=0.3, epochs=2, batch_size=128)
+  assert order.shape == (2, 1, 30)
+  np.testing.assert_array_equal(np.sort(order[0, 0]), np.sort(mnist.training_subset(2, 100, 0.3)))
+  np.testing.assert_array_equal(mnist.batch_weights(30, 128), np.ones((1, 30)))
+
+
 # --- Model ----------------------------------------------------------------------------------------
 
 def test_init_is_glorot_normal_truncated_with_small_normal_biases():
