@@ -25,33 +25,55 @@ estimator) and differs from it in how the work is done:
     on the cores. This keeps the device busy; one model at a time leaves it mostly idle.
   * Every finished group of runs is saved at once to a results store in the output directory,
     so a stopped run resumes where it stopped, and a larger --runs only adds runs.
+  * Shards (--shard I/N) spread the runs over processes, GPUs and machines, with the scheduler
+    one has (a Slurm job array, a Kubernetes Indexed Job); they share one store, or are merged.
   * An example that no run held out at some ratio has no estimate there; that ratio is left out
     of its mean instead of counting as 0.
+
+From the same runs, at no extra training: standard errors, split-half reliability,
+memorization (Feldman & Zhang, 2020) and the paper's cheap proxies of the C-score, how fast and
+how confidently each example is learned while it is trained on (recorded during training from
+the forward pass each step computes anyway).
 
 Usage:
     python mnist.py                                   # full protocol: 9 ratios x 200 runs
     python mnist.py --runs 4 --manual-dir DIR         # small, offline, DIR holds MNIST's .gz
+    python mnist.py --shard $I/$N; python mnist.py --estimate-only   # N processes, then outputs
 """
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import datetime
-import fcntl
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
+import platform
 import socket
 import sys
 import tempfile
 import time
+import types
+import typing
+import zlib
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: no start-up log
 
 import numpy as np
 from tqdm import tqdm
+
+try:  # the store's locks (see lock_store): flock on POSIX, msvcrt.locking on Windows
+  import fcntl
+except ImportError:
+  fcntl = None
+try:
+  import msvcrt
+except ImportError:
+  msvcrt = None
 
 
 @contextlib.contextmanager
@@ -69,8 +91,19 @@ def native_stderr_silenced():
     os.close(devnull)
 
 
-with native_stderr_silenced():
-  import tensorflow as tf
+class LazyTensorFlow(types.ModuleType):
+  """TensorFlow, imported on first use: it takes seconds to load, and --help or a mistyped flag
+  should answer at once."""
+
+  def __getattr__(self, name):
+    global tf
+    with native_stderr_silenced():
+      import tensorflow
+    tf = tensorflow
+    return getattr(tensorflow, name)
+
+
+tf = LazyTensorFlow('tensorflow')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,7 +189,8 @@ def load_mnist(data_dir=None, manual_dir=None):
           'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '
           f'({", ".join(MNIST_FILES)}).')
     try:
-      builder.download_and_prepare(download_config=config)
+      with contextlib.redirect_stdout(io.StringIO()):  # tfds' own lines: ours above says it
+        builder.download_and_prepare(download_config=config)
     except Exception as e:  # tfds' checksum and download errors: keep their first line
       raise CScoreError(f'preparing MNIST failed: {str(e).strip().splitlines()[0]}') from e
   data = tfds.as_numpy(builder.as_dataset(split='train', batch_size=-1, shuffle_files=False))
@@ -252,7 +286,7 @@ def stack_models(models):
 # The functions below take one model (W [in, out], b [1, out], x [B, in]) or K stacked models
 # (W [K, in, out], b [K, 1, out], x [K, B, in]) alike: matmul batches over leading axes.
 
-def mlp_logits(params, x, dtype=tf.float32):
+def mlp_logits(params, x, dtype='float32'):
   """Logits (fp32) and the inputs of each layer; matmuls in `dtype` (bf16: fp32 accumulation,
   bf16 results)."""
   weights = [tf.cast(p, dtype) for p in params]
@@ -263,7 +297,7 @@ def mlp_logits(params, x, dtype=tf.float32):
   return tf.cast(activations.pop(), tf.float32), activations
 
 
-def mlp_loss(params, x, y, weight, dtype=tf.float32):
+def mlp_loss(params, x, y, weight, dtype='float32'):
   """Sum over models of each one's mean NLL over its batch; `weight` [B] is 0 for the padding
   of a last, smaller batch. Summing keeps each model's gradient exactly its own."""
   logits, _ = mlp_logits(params, x, dtype)
@@ -271,12 +305,14 @@ def mlp_loss(params, x, y, weight, dtype=tf.float32):
   return tf.reduce_sum(tf.reduce_sum(nll * weight, -1) / tf.reduce_sum(weight))
 
 
-def mlp_gradients(params, x, y, weight, dtype=tf.float32):
+def mlp_gradients(params, x, y, weight, dtype='float32'):
   """The gradient of mlp_loss (fp32), by hand: no gradient for the inputs x, and transposed
-  matmuls instead of materialised transposes."""
+  matmuls instead of materialised transposes. Also returns the forward pass's softmax
+  probabilities, which the learning record reads at no extra cost."""
   weights = [tf.cast(p, dtype) for p in params]  # cast once for forward and backward
   logits, activations = mlp_logits(weights, x, dtype)
-  delta = (tf.nn.softmax(logits) - tf.one_hot(y, NUM_CLASSES)) * (weight / tf.reduce_sum(weight))[:, None]
+  probabilities = tf.nn.softmax(logits)
+  delta = (probabilities - tf.one_hot(y, NUM_CLASSES)) * (weight / tf.reduce_sum(weight))[:, None]
   delta = tf.cast(delta, dtype)
   grads = []
   for i in reversed(range(0, len(params), 2)):
@@ -285,7 +321,16 @@ def mlp_gradients(params, x, y, weight, dtype=tf.float32):
              tf.reduce_sum(tf.cast(delta, tf.float32), -2, keepdims=True)] + grads
     if i > 0:
       delta = tf.matmul(delta, weights[i], transpose_b=True) * tf.cast(a > 0, dtype)
-  return grads
+  return grads, probabilities
+
+
+def learning_signals(probabilities, y, weight):
+  """Per example of a batch, seen before the batch's update: (1 if the model classifies it
+  correctly else 0, its probability of the label), each times `weight` (0 on padding). Summed
+  over epochs they are the paper's learning-speed proxies of the C-score."""
+  hit = tf.cast(tf.argmax(probabilities, -1, output_type=tf.int32) == y, tf.float32)
+  p_label = tf.gather(probabilities, y, batch_dims=len(y.shape))
+  return hit * weight, p_label * weight
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,21 +380,50 @@ def gpu_memory_bytes():
     return None
 
 
-def per_model_bytes(config):
-  """Training memory of one model: weights, momentum and gradients, and a batch's activations."""
+@functools.cache
+def device_kind():
+  """What trains here, as each stored run records it: 'CPU', or the first GPU's name."""
+  gpus = accelerators()
+  if not gpus:
+    return 'CPU'
+  return tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')
+
+
+def matmul_precision(config):
+  """How the matmuls round: 'bf16', 'tf32' (float32 on an Ampere or newer GPU, where TensorFlow
+  uses TensorFloat-32 by default) or 'fp32'."""
+  if config.precision == 'bfloat16':
+    return 'bf16'
+  gpus = accelerators()
+  if gpus and tf.config.experimental.is_tensor_float_32_execution_enabled():
+    if tf.config.experimental.get_device_details(gpus[0]).get('compute_capability', (0, 0)) >= (8, 0):
+      return 'tf32'
+  return 'fp32'
+
+
+def per_model_bytes(config, n=60000):
+  """Training memory of one model: weights, momentum and gradients, a batch's activations, and
+  its learning record (two floats per example)."""
   sizes = layer_sizes(config)
   weights = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
-  return 4 * (3 * weights + 4 * config.batch_size * sum(sizes))
+  return 4 * (3 * weights + 4 * config.batch_size * sum(sizes) + 2 * n)
 
 
 def default_models_at_once(runs, config=Config()):
   """K. On a CPU: enough chains to keep every core busy (8 is as fast as 16 here). On a GPU:
-  as many as a quarter of its memory holds (about 10 MB a model), at most 128."""
+  as many as a quarter of its memory holds (about 10 MB a model: 2,000 on an 80 GB GPU, so
+  there every run of a ratio trains at once)."""
   if accelerators():
-    k = min(128, (gpu_memory_bytes() or 8 * 2**30) // 4 // per_model_bytes(config))
+    k = (gpu_memory_bytes() or 8 * 2**30) // 4 // per_model_bytes(config)
   else:
     k = max(8, 2 * cpu_cores())
   return int(max(1, min(k, runs)))
+
+
+# Evaluation on a CPU goes EVAL_CHUNK examples at a time, whatever K: a model's predictions,
+# hence its stored correctness, are then the same bit for bit however many models trained
+# beside it, on whichever shard.
+EVAL_CHUNK = 10_000
 
 
 def default_eval_rows(config=Config()):
@@ -369,17 +443,24 @@ def momentum_update(param, velocity, grad, config):
 
 
 class EnsembleTrainer:
-  """Compiled training and evaluation of K models at once, on data held on the device."""
+  """Compiled training and evaluation of K models at once, on data held on the device.
 
-  def __init__(self, images, labels, config, per_model=None, eval_rows=None):
+  While it trains, each model records for every example of its subset, from the forward pass
+  of the step that uses it (before that step's update), whether it classified it correctly and
+  its probability of the label, summed over epochs: `learning_record()` after `train()`."""
+
+  def __init__(self, images, labels, config, per_model=None, eval_rows=None, record=True):
     self.config = config
     self.images = tf.constant(images)   # uint8: 4x less to gather than floats; cast after
     self.labels = tf.constant(labels, tf.int32)
     self.per_model = (not accelerators()) if per_model is None else per_model
     self.dtype = tf.bfloat16 if config.precision == 'bfloat16' else tf.float32
     self.eval_rows = eval_rows or default_eval_rows(config)  # bounds evaluation's memory
-    self._compiled = {}                 # K -> (weights, velocities, epoch function)
-    self._predict = tf.function(self._predict_chunk)  # traced once per K
+    self.record = record                # False only to measure what recording costs
+    self.hardware = (device_kind(), matmul_precision(config))
+    self._compiled = {}                 # K -> (weights, velocities, record, epoch function)
+    self._last_k = None                 # K of the last train(), whose record learning_record reads
+    self._predict = tf.function(self._predict_chunk)  # traced once per number of models
 
   def _inputs(self, idx):
     return tf.cast(tf.cast(tf.gather(self.images, idx), tf.float32) * (1.0 / 255.0), self.dtype)
@@ -391,27 +472,37 @@ class EnsembleTrainer:
   def _state(self, k):
     """Variables for K models and the compiled epoch over them, made once per K."""
     if k not in self._compiled:
-      sizes = layer_sizes(self.config)
+      sizes, n = layer_sizes(self.config), len(self.labels)
       shapes = [s for i, o in zip(sizes[:-1], sizes[1:]) for s in ((i, o), (1, o))]
       groups = self._groups(k)
       lead = lambda g: () if self.per_model else (len(g),)  # a plain 2-D chain, or stacked
       params = [[tf.Variable(tf.zeros(lead(g) + s)) for s in shapes] for g in groups]
       velocity = [[tf.Variable(tf.zeros(lead(g) + s)) for s in shapes] for g in groups]
-      epoch = tf.function(lambda order, weight: self._epoch(groups, params, velocity, order, weight),
+      record = tf.Variable(tf.zeros((k, n, 2)))  # per model and example: hits, summed p(label)
+      epoch = tf.function(lambda order, weight: self._epoch(groups, params, velocity, record,
+                                                            order, weight),
                           reduce_retracing=True)  # one trace for all subset sizes
-      self._compiled[k] = (params, velocity, epoch)
+      self._compiled[k] = (params, velocity, record, epoch)
     return self._compiled[k]
 
-  def _epoch(self, groups, params, velocity, order, weight):
+  def _epoch(self, groups, params, velocity, record, order, weight):
     """One epoch: order [K, steps, B] example indices, weight [steps, B]."""
+    models = tf.broadcast_to(tf.range(tf.shape(order)[0])[:, None], tf.shape(order[:, 0]))
+
     def step(s):
-      updates = []
+      updates, probabilities = [], []
       for g, p, v in zip(groups, params, velocity):
         idx = order[g[0], s] if self.per_model else order[:, s]
-        grads = mlp_gradients([w.read_value() for w in p], self._inputs(idx),
-                              tf.gather(self.labels, idx), weight[s], self.dtype)
+        grads, probs = mlp_gradients([w.read_value() for w in p], self._inputs(idx),
+                                     tf.gather(self.labels, idx), weight[s], self.dtype)
         with tf.control_dependencies(grads):  # update in place once the old weights are used
           updates += [momentum_update(w, vel, gr, self.config) for w, vel, gr in zip(p, v, grads)]
+        probabilities.append(probs)
+      if self.record:  # for all K models at once: a dozen small ops a step, not a dozen per model
+        idx = order[:, s]
+        signals = learning_signals(tf.stack(probabilities) if self.per_model else probabilities[0],
+                                   tf.gather(self.labels, idx), weight[s])
+        updates.append(record.scatter_nd_add(tf.stack([models, idx], -1), tf.stack(signals, -1)))
       with tf.control_dependencies(updates):
         return s + 1
 
@@ -420,20 +511,29 @@ class EnsembleTrainer:
   def train(self, seeds, ratio, on_epoch=None):
     """Trains the runs `seeds` of `ratio` together; returns their weights, stacked [K, ...]."""
     c, n, k = self.config, len(self.labels), len(seeds)
-    params, velocity, epoch_fn = self._state(k)
+    params, velocity, record, epoch_fn = self._state(k)
     initial = stack_models([init_mlp(s, layer_sizes(c)) for s in seeds])
     for g, p, v in zip(self._groups(k), params, velocity):
       for w, vel, value in zip(p, v, initial):
         w.assign(value[g[0]] if self.per_model else value)
         vel.assign(tf.zeros_like(vel))
+    record.assign(tf.zeros_like(record))
     orders = np.stack([batch_order(s, n, ratio, c.epochs, c.batch_size) for s in seeds], axis=1)
     weight = tf.constant(batch_weights(subset_size(n, ratio), c.batch_size))
     for e in range(c.epochs):
       epoch_fn(tf.constant(orders[e]), weight)
       if on_epoch:
         on_epoch(e)
+    self._last_k = k
     return [tf.stack([p[j] for p in params]) if self.per_model else params[0][j].read_value()
             for j in range(len(initial))]
+
+  def learning_record(self):
+    """(hits, p_label), each [K, n] float32, of the last train(): per example, over the epochs,
+    how often the model classified it correctly, and its summed probability of the label, each
+    read from the forward pass before the step that trained on it; 0 where it did not train."""
+    record = self._state(self._last_k)[2].numpy()
+    return record[..., 0], record[..., 1]
 
   def _predict_chunk(self, params, start, size):
     """[K, size] bool: which of examples start..start+size each model gets right."""
@@ -447,28 +547,67 @@ class EnsembleTrainer:
     return tf.argmax(logits, -1, output_type=tf.int32) == y[None]
 
   def correct(self, params):
-    """[K, n] bool: which examples each model classifies correctly."""
+    """[K, n] bool: which examples each model classifies correctly. Per-model chains go
+    EVAL_CHUNK examples at a time, a few models per call, so that a model's result does not
+    depend on K; the stacked layout (a GPU's) sizes its chunks to the memory instead."""
     n, k = len(self.labels), int(params[0].shape[0])
-    chunk = max(1000, self.eval_rows // k)
-    return np.concatenate([self._predict(params, tf.constant(s), tf.constant(min(chunk, n - s))).numpy()
-                           for s in range(0, n, chunk)], axis=1)
+    if self.per_model:
+      chunk, models = EVAL_CHUNK, max(1, self.eval_rows // EVAL_CHUNK)
+    else:
+      chunk, models = max(1000, self.eval_rows // k), k
+    return np.concatenate([
+        np.concatenate([self._predict([p[m:m + models] for p in params], tf.constant(s),
+                                      tf.constant(min(chunk, n - s))).numpy()
+                        for s in range(0, n, chunk)], axis=1)
+        for m in range(0, k, models)])
 
 
-def train_run_group(trainer, ratio, seeds, on_epoch=None):
-  """Trains runs `seeds` at `ratio`; returns (held_out [K, n] bool, correct [K, n] bool)."""
+class RunGroup(typing.NamedTuple):
+  """What training K runs of a ratio yields, each array [K, n]."""
+  held_out: np.ndarray    # bool: the examples outside the run's subset
+  correct: np.ndarray     # bool: those the trained model classifies correctly
+  hits: np.ndarray        # float32: epochs in which it classified the example correctly while
+                          # training on it (before each step's update); 0 if held out
+  p_label: np.ndarray     # float32: its probability of the label, summed over those epochs
+
+
+def train_run_group(trainer, ratio, seeds, on_step=None):
+  """Trains runs `seeds` at `ratio`; returns their RunGroup. on_step(i) is called after each
+  epoch i < epochs and after the evaluation (i = epochs)."""
   n = len(trainer.labels)
-  params = trainer.train(seeds, ratio, on_epoch)
+  params = trainer.train(seeds, ratio, on_step)
   held_out = np.stack([held_out_mask(s, n, ratio) for s in seeds])
-  return held_out, trainer.correct(params)
+  correct = trainer.correct(params)
+  if on_step:
+    on_step(trainer.config.epochs)
+  return RunGroup(held_out, correct, *trainer.learning_record())
+
+
+def flops_per_example(config):
+  """(training step, forward pass) FLOPs of one example: forward 2 sum(in out); backward the
+  weight gradients 2 sum(in out) plus the input gradients of all layers but the first."""
+  sizes = layer_sizes(config)
+  forward = 2 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
+  return 2 * forward + 2 * sum(i * o for i, o in zip(sizes[1:-1], sizes[2:])), forward
+
+
+def model_work(config, n, ratio):
+  """(training, evaluation) FLOPs of one model: every epoch on its subset, then all n examples.
+  A model at ratio 0.9 costs about 6.5 times one at 0.1."""
+  train, forward = flops_per_example(config)
+  return train * subset_size(n, ratio) * config.epochs, forward * n
 
 
 # ------------------------------------------------------------------------------------------------
-# Results store: every finished run, saved as it finishes.
+# Results store: every finished run, saved as it finishes, by one process or by many.
 #
 #   OUT/cscore-runs/settings.json     what the runs depend on (training settings, data hash)
-#   OUT/cscore-runs/runs-*.npz        one file per group: ratio, seeds, held-out and correct
-#                                     masks, bit-packed (7.5 KB each per run)
-# Each file is written to a temporary name and renamed, so a killed run never leaves half a file.
+#   OUT/cscore-runs/runs-*.npz        one file per group of runs: ratio, seeds, held-out and
+#                                     correct masks (bit-packed), the learning record, and the
+#                                     device and matmul precision that trained them
+#   OUT/cscore-runs/.lock*            the operating system's locks (below)
+# Each file is written to a temporary name and renamed, so a killed process never leaves half a
+# file; settings.json is created exclusively, so two processes starting at once agree on it.
 # ------------------------------------------------------------------------------------------------
 
 STORE_DIR = 'cscore-runs'
@@ -482,14 +621,27 @@ def store_settings(config, fingerprint):
   return s
 
 
-def write_atomically(path, write):
-  """Calls write(file) on a temporary file beside path, then renames it to path."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-')
+@contextlib.contextmanager
+def temporary_file(folder, tag=''):
+  """(file, path) of a new temporary file in folder, named .tmp-<tag>-...: a process clears only
+  the leftovers of its own tag. Written, flushed and synced on leaving; deleted on an error."""
+  fd, tmp = tempfile.mkstemp(dir=folder or '.', prefix=f'.tmp-{tag}-' if tag else '.tmp-')
   try:
     with os.fdopen(fd, 'wb') as f:
-      write(f)
+      yield f, tmp
       f.flush()
       os.fsync(f.fileno())
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+
+
+def write_atomically(path, write, tag=''):
+  """Calls write(file) on a temporary file beside path, then renames it to path."""
+  with temporary_file(os.path.dirname(path), tag) as (f, tmp):
+    write(f)
+  try:
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):
@@ -497,94 +649,329 @@ def write_atomically(path, write):
     raise
 
 
-def lock_store(out_dir):
-  """Creates the store's folder and locks it for this process (the lock ends with it), so a
-  second process on the same out-dir refuses at once instead of interleaving runs."""
+def create_exclusively(path, text, tag=''):
+  """Creates path holding text unless it exists; returns whether this call created it. The text
+  goes to a temporary file first, then is hard-linked to path (atomic, and it fails if path
+  exists), so a reader never sees it half written."""
+  with temporary_file(os.path.dirname(path), tag) as (f, tmp):
+    f.write(text.encode())
+  try:
+    os.link(tmp, path)
+    return True
+  except FileExistsError:
+    return False
+  except OSError:  # a filesystem without hard links: exclusive creation, then the text
+    try:
+      with open(path, 'x') as f:
+        f.write(text)
+      return True
+    except FileExistsError:
+      return False
+  finally:
+    os.unlink(tmp)
+
+
+# Locks. Who may share a store at once:
+#   * one unsharded training run, alone: an exclusive lock on .lock;
+#   * shards of one N (--shard I/N), each I once, and --estimate-only or --merge beside them:
+#     a shared lock on .lock; a shard also holds an exclusive lock on .lock-shard-I-of-N and a
+#     shared one on .lock-shards-N, which a shard of another N probes. Every lock is the
+#     operating system's own, so it ends with its process, even on kill -9.
+
+def try_lock(f, exclusive):
+  """Locks an open file without waiting; returns whether it got the lock. flock on POSIX
+  (shared or exclusive); on Windows msvcrt.locking, which is only exclusive."""
+  if fcntl is not None:
+    try:
+      fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+      return True
+    except BlockingIOError:
+      return False
+  if msvcrt is not None:
+    f.seek(0)
+    try:
+      msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+      return True
+    except OSError:
+      return False
+  return True  # no OS lock on this platform: lock_store warned
+
+
+def unlock(f):
+  if fcntl is not None:
+    fcntl.flock(f, fcntl.LOCK_UN)
+  elif msvcrt is not None:
+    f.seek(0)
+    msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+def lock_file(folder, name, exclusive, refusal, stack):
+  """Opens folder/name and locks it for the rest of `stack`, or raises CScoreError(refusal)."""
+  f = stack.enter_context(open(os.path.join(folder, name), 'a+'))
+  if not try_lock(f, exclusive):
+    raise CScoreError(refusal)
+  return f
+
+
+@contextlib.contextmanager
+def lock_store(out_dir, shard=None, reader=False):
+  """Creates the store's folder and takes this process's locks on it (see above), so that
+  processes that must not share a store refuse at once instead of interleaving runs. `shard` is
+  (I, N); `reader`: --estimate-only or --merge."""
   path = os.path.join(out_dir, STORE_DIR)
   try:
     os.makedirs(path, exist_ok=True)
     tempfile.TemporaryFile(dir=out_dir).close()  # the outputs go to out_dir itself
-    lock = open(os.path.join(path, '.lock'), 'a')
   except OSError as e:
     raise CScoreError(f'cannot write to --out-dir {out_dir}: {e.strerror or e}') from e
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    lock.close()
-    raise CScoreError(f'another mnist.py is running on {path}; wait for it to end, or use '
-                      'another --out-dir') from None
-  return lock
+  if fcntl is None and msvcrt is None:
+    print(f'mnist.py: warning: this platform has no file locks; nothing stops a second process '
+          f'on {path}', file=sys.stderr)
+  with contextlib.ExitStack() as stack:
+    busy = f'another mnist.py is running on {path}'
+    if shard is None and not reader:
+      lock_file(path, '.lock', True, f'{busy}; wait for it to end, or use another --out-dir', stack)
+    elif fcntl is None:  # msvcrt's locks are exclusive only
+      lock_file(path, '.lock', True, f'{busy}; on this platform a store takes one process at a time', stack)
+    else:
+      lock_file(path, '.lock', False, f'an unsharded mnist.py is training on {path}; wait for it to '
+                'end, or use another --out-dir', stack)
+    if shard is not None:
+      i, n = shard
+      lock_file(path, f'.lock-shard-{i}-of-{n}', True, f'shard {i}/{n} is already running on {path}', stack)
+      lock_file(path, f'.lock-shards-{n}', False,
+                f'shards of another count are starting on {path}; one N at a time', stack)
+      for other in sorted(os.listdir(path)):
+        if other.startswith('.lock-shards-') and other != f'.lock-shards-{n}':
+          probe = stack.enter_context(open(os.path.join(path, other), 'a+'))
+          if not try_lock(probe, True):
+            raise CScoreError(f'shards of N = {other.rsplit("-", 1)[1]} are running on {path}, and '
+                              f'this is shard {i}/{n}; a store takes shards of one N at a time')
+          unlock(probe)
+    yield
 
 
-def open_store(out_dir, settings, fresh=False):
-  """The store's folder, created or checked against `settings`; `fresh` empties it first."""
-  path = os.path.join(out_dir, STORE_DIR)
-  settings_path = os.path.join(path, SETTINGS_FILE)
-  os.makedirs(path, exist_ok=True)
-  for folder in (out_dir, path):  # under the lock: no other process is writing here
+def clear_leftovers(out_dir, path, tag):
+  """Deletes what killed writes left: every temporary file when this process has the store to
+  itself (tag ''), else only those of its own tag (a restarted shard's)."""
+  prefix = f'.tmp-{tag}-' if tag else '.tmp-'
+  for folder in ((path,) if tag else (out_dir, path)):
     for name in os.listdir(folder):
-      if name.startswith('.tmp-') or (folder == path and fresh and
-                                      (name.endswith('.npz') or name == SETTINGS_FILE)):
-        os.unlink(os.path.join(folder, name))  # what a killed write left, or --fresh
-  if not os.path.exists(settings_path):
-    if any(name.startswith('runs-') for name in os.listdir(path)):
-      raise CScoreError(f'{path} holds runs but no {SETTINGS_FILE}: their settings are unknown; '
-                        'use --fresh to start over, or another --out-dir')
-    write_atomically(settings_path, lambda f: f.write(json.dumps(settings, indent=1).encode()))
-    return path
-  try:
-    with open(settings_path) as f:
-      stored = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CScoreError(f'{settings_path} is unreadable ({e}); use --fresh to start over') from e
+      if name.startswith(prefix):
+        with contextlib.suppress(FileNotFoundError):
+          os.unlink(os.path.join(folder, name))
+
+
+def read_settings(path):
+  settings_path = os.path.join(path, SETTINGS_FILE)
+  for attempt in range(3):
+    try:
+      with open(settings_path) as f:
+        text = f.read()
+      if text or attempt == 2:  # empty: another process is still writing it (no hard links)
+        return json.loads(text)
+    except (OSError, ValueError) as e:
+      raise CScoreError(f'{settings_path} is unreadable ({e}); use --fresh to start over') from e
+    time.sleep(1)
+
+
+def check_settings(path, settings):
+  """Refuses a store made with other settings, naming each difference."""
+  stored = read_settings(path)
   diffs = [f'{k}: store has {stored.get(k)!r}, this run {v!r}'
            for k, v in settings.items() if stored.get(k) != v]
   if diffs:
     raise CScoreError(f'the results store {path} was made with other settings '
                       f'({"; ".join(diffs)}); use them, another --out-dir, or --fresh')
+
+
+def open_store(out_dir, settings, fresh=False, tag='', create=True):
+  """The store's folder, created or checked against `settings`; `fresh` empties it first.
+  tag: '' for a process that has the store to itself, else its own (a shard's)."""
+  path = os.path.join(out_dir, STORE_DIR)
+  settings_path = os.path.join(path, SETTINGS_FILE)
+  os.makedirs(path, exist_ok=True)
+  clear_leftovers(out_dir, path, tag)
+  if fresh:
+    for name in os.listdir(path):
+      if name.endswith('.npz') or name == SETTINGS_FILE:
+        os.unlink(os.path.join(path, name))
+  if not os.path.exists(settings_path):
+    if any(name.startswith('runs-') for name in os.listdir(path)):
+      raise CScoreError(f'{path} holds runs but no {SETTINGS_FILE}: their settings are unknown; '
+                        'use --fresh to start over, or another --out-dir')
+    if not create:
+      raise CScoreError(f'{out_dir} holds no results store ({settings_path} is missing)')
+    if create_exclusively(settings_path, json.dumps(settings, indent=1), tag):
+      return path
+  check_settings(path, settings)  # made before, or just now by a process that started with us
   return path
-
-
-def save_runs(store, ratio, seeds, held_out, correct):
-  name = f'runs-r{ratio_key(ratio):.6f}-s{seeds[0]:06d}-{seeds[-1]:06d}-k{len(seeds)}.npz'
-  arrays = dict(ratio=np.float64(ratio), seeds=np.asarray(seeds, np.int64),
-                n=np.int64(held_out.shape[1]),
-                held_out=np.packbits(held_out, axis=1), correct=np.packbits(correct, axis=1))
-  write_atomically(os.path.join(store, name), lambda f: np.savez(f, **arrays))
 
 
 def ratio_key(ratio):
   return round(float(ratio), 6)
 
 
+# What a file of an older store does not say: where its runs trained.
+UNKNOWN_HARDWARE = ('unknown device', 'unknown')
+
+
+class Run(typing.NamedTuple):
+  """One stored run, as load_runs gives it."""
+  held_out: np.ndarray            # [n] bool
+  correct: np.ndarray             # [n] bool
+  hits: np.ndarray = None         # [m] over the run's subset, in example order: epochs in which it
+                                  # was classified correctly while trained on; None in older stores
+  confidence: np.ndarray = None   # [m] uint8: the mean p(label) over the epochs, x 255, rounded
+  epochs: int = 0
+  hardware: tuple = UNKNOWN_HARDWARE  # the device kind and how its matmuls round
+  file: str = ''
+
+
+def group_runs(group, epochs=None, hardware=UNKNOWN_HARDWARE):
+  """[Run] of a RunGroup: the learning record kept only over each run's subset, its mean p(label)
+  quantized to 8 bits (round(255 p): within 0.002). Masks alone, (held_out, correct), make runs
+  without a record, as older stores hold them."""
+  if not isinstance(group, RunGroup):
+    return [Run(h, c, hardware=hardware) for h, c in zip(*group)]
+  return [Run(h, c, hits[~h].round().astype(np.min_scalar_type(epochs)),
+              np.rint(p[~h] / epochs * 255).clip(0, 255).astype(np.uint8), epochs, hardware)
+          for h, c, hits, p in zip(*group)]
+
+
+def run_file_name(ratio, seeds):
+  """runs-r<ratio>-s<lowest>-<highest>-k<K>-<hash of the seeds>.npz: the hash tells apart groups
+  whose seeds are not contiguous (a shard's share)."""
+  digest = hashlib.sha256(np.asarray(seeds, np.int64).tobytes()).hexdigest()[:8]
+  return f'runs-r{ratio_key(ratio):.6f}-s{min(seeds):06d}-{max(seeds):06d}-k{len(seeds)}-{digest}.npz'
+
+
+def write_run_file(store, ratio, seeds, runs, tag=''):
+  """Saves runs of one ratio (all of one device) as one file; returns its name. Masks are
+  bit-packed (7.5 KB each); the learning record is stored where every run has one."""
+  arrays = dict(ratio=np.float64(ratio), seeds=np.asarray(seeds, np.int64), n=np.int64(len(runs[0].held_out)),
+                held_out=np.packbits([r.held_out for r in runs], axis=1),
+                correct=np.packbits([r.correct for r in runs], axis=1))
+  if runs[0].hardware != UNKNOWN_HARDWARE:
+    arrays.update(device=np.str_(runs[0].hardware[0]), matmul=np.str_(runs[0].hardware[1]))
+  if all(r.hits is not None for r in runs):
+    arrays.update(epochs=np.int64(runs[0].epochs), hits=np.stack([r.hits for r in runs]),
+                  confidence=np.stack([r.confidence for r in runs]))
+  name = run_file_name(ratio, seeds)
+  write_atomically(os.path.join(store, name), lambda f: np.savez_compressed(f, **arrays), tag)
+  return name
+
+
+def save_runs(store, ratio, seeds, group, epochs=None, hardware=UNKNOWN_HARDWARE, tag=''):
+  """Saves a RunGroup (or just its masks); returns the file's name."""
+  return write_run_file(store, ratio, seeds, group_runs(group, epochs, hardware), tag)
+
+
+def read_run_file(path):
+  """The runs of one store file, [(ratio, seed, Run)]; a file that is not one is an error
+  naming it."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      ratio, seeds, n = float(f['ratio']), f['seeds'], int(f['n'])
+      held_out = np.unpackbits(f['held_out'], axis=1, count=n).astype(bool)
+      correct = np.unpackbits(f['correct'], axis=1, count=n).astype(bool)
+      hardware = (str(f['device']), str(f['matmul'])) if 'device' in f else UNKNOWN_HARDWARE
+      hits, confidence, epochs = ((f['hits'], f['confidence'], int(f['epochs'])) if 'hits' in f
+                                  else ([None] * len(seeds), [None] * len(seeds), 0))
+    if not len(seeds) == len(held_out) == len(correct) == len(hits) == len(confidence):
+      raise ValueError('its arrays disagree on the number of runs')
+    if hits[0] is not None and not all(len(h) == len(c) == (~o).sum()
+                                       for h, c, o in zip(hits, confidence, held_out)):
+      raise ValueError('its learning record does not match the runs\' subsets')
+  except Exception as e:
+    raise CScoreError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
+                      'delete it to retrain its runs, or use --fresh to start over') from e
+  name = os.path.basename(path)
+  return [(ratio, int(s), Run(*record, epochs, hardware, name))
+          for s, *record in zip(seeds, held_out, correct, hits, confidence)]
+
+
+def same_record(a, b):
+  """Whether two records of one run agree on all that both hold."""
+  return all(np.array_equal(x, y) for x, y in zip(a[:4], b[:4]) if x is not None and y is not None)
+
+
+def run_files(store):
+  return sorted(name for name in os.listdir(store) if name.startswith('runs-') and name.endswith('.npz'))
+
+
+def add_run(runs, ratio, seed, run):
+  """Adds a stored run to {(ratio, seed): Run}: once if stored twice identically (keeping the
+  record that has the learning proxies), an error naming both files if the records differ."""
+  key = ratio_key(ratio), seed
+  if key in runs and not same_record(runs[key], run):
+    raise CScoreError(f'run {seed} at ratio {key[0]} is stored twice with different results, '
+                      f'in {runs[key].file} and {run.file}: delete the one to distrust')
+  if key not in runs or (runs[key].hits is None and run.hits is not None):
+    runs[key] = run
+
+
 def load_runs(store):
-  """{(ratio, seed): (held_out [n] bool, correct [n] bool)} of every run in the store."""
+  """{(ratio, seed): Run} of every run in the store."""
   runs = {}
-  for name in sorted(os.listdir(store)):
-    if not (name.startswith('runs-') and name.endswith('.npz')):
-      continue
-    path = os.path.join(store, name)
-    try:
-      with np.load(path, allow_pickle=False) as f:
-        ratio, seeds, n = float(f['ratio']), f['seeds'], int(f['n'])
-        held_out = np.unpackbits(f['held_out'], axis=1, count=n).astype(bool)
-        correct = np.unpackbits(f['correct'], axis=1, count=n).astype(bool)
-    except Exception as e:
-      raise CScoreError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
-                        'delete it to retrain its runs, or use --fresh to start over') from e
-    for s, h, c in zip(seeds, held_out, correct):
-      runs[ratio_key(ratio), int(s)] = (h, c)
+  for name in run_files(store):
+    for ratio, seed, run in read_run_file(os.path.join(store, name)):
+      add_run(runs, ratio, seed, run)
   return runs
 
 
-def planned_groups(config, done, k):
-  """The (ratio, seeds) groups still to train, round-robin over ratios: a run stopped early
-  has runs at every ratio, so its partial scores mean something."""
-  per_ratio = []
-  for ratio in config.ratios:
-    todo = [s for s in range(config.seed, config.seed + config.runs)
-            if (ratio_key(ratio), s) not in done]
-    per_ratio.append([(ratio, todo[i:i + k]) for i in range(0, len(todo), k)])
+def merge_stores(store, sources, settings, tag=''):
+  """Copies into `store` the runs of other out-dirs' stores that it lacks, each file landing
+  atomically; returns how many runs were copied. Their settings and data must be this run's,
+  and a run both hold must be the same in both."""
+  have, copied = load_runs(store), 0
+  for source in sources:
+    path = os.path.join(source, STORE_DIR)
+    if not os.path.isfile(os.path.join(path, SETTINGS_FILE)):
+      raise CScoreError(f'--merge {source}: no results store there ({os.path.join(path, SETTINGS_FILE)} is missing)')
+    check_settings(path, settings)
+    for name in run_files(path):
+      found = read_run_file(os.path.join(path, name))
+      new = [(ratio, seed, run) for ratio, seed, run in found if (ratio_key(ratio), seed) not in have]
+      for ratio, seed, run in found:
+        add_run(have, ratio, seed, run._replace(file=os.path.join(path, name)))
+      if new:
+        write_run_file(store, new[0][0], [seed for _, seed, _ in new], [run for *_, run in new], tag)
+        copied += len(new)
+  return copied
+
+
+# Sharing the work. N processes (a Slurm job array, a Kubernetes Indexed Job, one per GPU) each
+# train the runs whose shard number is theirs. It depends on (ratio, seed, N) alone, never on K,
+# the device or the store, so shards on any hardware, restarted at any moment, never train a run
+# twice; at every ratio consecutive seeds go round-robin, so each shard gets its share +-1 there.
+
+def shard_of(ratio, seed, shards):
+  """The shard (0 .. shards - 1) that trains run `seed` at `ratio`. The round-robin starts at an
+  offset of the ratio's own, so that the odd runs left over at each ratio fall to different
+  shards."""
+  return (seed + zlib.crc32(f'{ratio_key(ratio):.6f}'.encode())) % shards
+
+
+def run_seeds(config):
+  return range(config.seed, config.seed + config.runs)
+
+
+def command_share(config, shard=None):
+  """[(ratio, seed)] of the command's runs (its ratios x seeds); with shard = (I, N), only
+  shard I's."""
+  return [(ratio, s) for ratio in config.ratios for s in run_seeds(config)
+          if shard is None or shard_of(ratio, s, shard[1]) == shard[0]]
+
+
+def planned_groups(config, done, k, shard=None):
+  """The (ratio, seeds) groups still to train (of `shard` = (I, N), if given), round-robin over
+  ratios: a run stopped early has runs at every ratio, so its partial scores mean something."""
+  todo = collections.defaultdict(list)
+  for ratio, s in command_share(config, shard):
+    if (ratio_key(ratio), s) not in done:
+      todo[ratio].append(s)
+  per_ratio = [[(ratio, seeds[i:i + k]) for i in range(0, len(seeds), k)] for ratio, seeds in todo.items()]
   rounds = max((len(g) for g in per_ratio), default=0)
   return [g[j] for j in range(rounds) for g in per_ratio if j < len(g)]
 
@@ -593,13 +980,15 @@ def planned_groups(config, done, k):
 # Estimation: C-scores from the stored runs.
 # ------------------------------------------------------------------------------------------------
 
-def runs_at_ratio(runs, config, ratio):
-  """(held_out [R, n], correct [R, n]) of this command's runs at `ratio` that are done."""
-  found = [runs[ratio_key(ratio), s] for s in range(config.seed, config.seed + config.runs)
-           if (ratio_key(ratio), s) in runs]
-  if not found:
-    return None
-  return np.stack([h for h, _ in found]), np.stack([c for _, c in found])
+def command_runs(runs, config, ratio):
+  """This command's runs at `ratio` that are done, [Run], in seed order."""
+  return [runs[ratio_key(ratio), s] for s in run_seeds(config)
+          if (ratio_key(ratio), s) in runs]
+
+
+def masks(found):
+  """(held_out [R, n], correct [R, n]) of runs."""
+  return np.stack([r.held_out for r in found]), np.stack([r.correct for r in found])
 
 
 def fraction_correct(mask, correct):
@@ -654,6 +1043,46 @@ def heldout_accuracy(held_out, correct):
   return float(np.mean((held_out & correct).sum(1) / np.maximum(held_out.sum(1), 1)))
 
 
+def spearman_brown(r, factor):
+  """The reliability of an estimate `factor` times as large as one of reliability r (NaN for a
+  negative r: no reliability to project)."""
+  return factor * r / (1 + (factor - 1) * r) if r >= 0 else np.nan
+
+
+def split_half_reliability(found_per_ratio):
+  """How reproducible the C-scores are, from the runs themselves. The runs of each ratio are
+  split by position in seed order (even / odd), each half gives C-scores, and r is the Pearson
+  correlation of the two. The Spearman-Brown formula projects it to the whole estimate, 2r / (1 + r),
+  and to 200 runs per ratio (the published scores' size), k r / (1 + (k - 1) r) with
+  k = 400 / runs. Returns (r, whole, at 200 runs, half scores [2, n]); NaN (not available) if
+  some ratio has fewer than 2 runs."""
+  n = max((len(f[0].held_out) for f in found_per_ratio if f), default=0)
+  if min(len(f) for f in found_per_ratio) < 2:
+    return np.nan, np.nan, np.nan, np.full((2, n), np.nan)
+  halves = np.stack([mean_over_ratios([fraction_correct(*masks(f[half::2]))[0] for f in found_per_ratio])
+                     for half in (0, 1)])
+  both = ~np.isnan(halves).any(0)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    r = float(np.corrcoef(halves[0, both], halves[1, both])[0, 1]) if both.sum() > 1 else np.nan
+  runs = np.mean([len(f) for f in found_per_ratio])
+  return r, spearman_brown(r, 2), spearman_brown(r, 400 / runs), halves
+
+
+def learning_proxies(found, n):
+  """Per example, the mean over the runs that trained on it (and recorded it) of the fraction
+  of epochs in which it was classified correctly before its step's update, and of its mean
+  p(label): how fast and how confidently it is learned. NaN where no such run trained on it."""
+  speed, confidence, count = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+  for run in found:
+    if run.hits is not None:
+      trained = ~run.held_out
+      speed[trained] += run.hits / run.epochs
+      confidence[trained] += run.confidence / 255
+      count[trained] += 1
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(count > 0, speed / count, np.nan), np.where(count > 0, confidence / count, np.nan)
+
+
 @dataclasses.dataclass
 class Estimates:
   """All that is estimated from the runs; saved as cscores-details.npz."""
@@ -666,6 +1095,12 @@ class Estimates:
   standard_error: np.ndarray    # [n] of cscores
   memorization_per_ratio: np.ndarray  # [L, n] P(correct | trained on it) - P(correct | held out)
   memorization: np.ndarray      # [n] its mean over ratios (Feldman & Zhang, 2020)
+  split_half_r: float           # Pearson r of the C-scores of the even and the odd runs
+  reliability: float            # the whole estimate's, 2r / (1 + r); NaN: not available
+  reliability_200_runs: float   # projected to 200 runs per ratio
+  split_half_cscores: np.ndarray  # [2, n] the C-scores of each half
+  learning_speed: np.ndarray    # [n] mean over runs trained on it: epochs right / epochs
+  learning_confidence: np.ndarray  # [n] and its mean p(label) while trained on
 
 
 def estimate(runs, config, n):
@@ -674,17 +1109,18 @@ def estimate(runs, config, n):
   per_ratio, mem = np.full((L, n), np.nan), np.full((L, n), np.nan)
   counts = np.zeros((L, n), dtype=np.int64)
   done, accuracy = np.zeros(L, dtype=np.int64), np.full(L, np.nan)
-  for j, ratio in enumerate(config.ratios):
-    found = runs_at_ratio(runs, config, ratio)
-    if found is None:
+  found = [command_runs(runs, config, ratio) for ratio in config.ratios]
+  for j, f in enumerate(found):
+    if not f:
       continue
-    held_out, correct = found
+    held_out, correct = masks(f)
     per_ratio[j], counts[j] = fraction_correct(held_out, correct)
     mem[j] = fraction_correct(~held_out, correct)[0] - per_ratio[j]
     done[j], accuracy[j] = len(held_out), heldout_accuracy(held_out, correct)
   return Estimates(np.array(config.ratios), done, accuracy, per_ratio, counts,
                    mean_over_ratios(per_ratio), standard_error(per_ratio, counts), mem,
-                   mean_over_ratios(mem))
+                   mean_over_ratios(mem), *split_half_reliability(found),
+                   *learning_proxies([r for f in found for r in f], n))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -802,6 +1238,55 @@ def memorization_figure(est, images, labels, path, rows=3, cols=10):
   plt.close(fig)
 
 
+PROXIES = (('learning_speed', 'learning speed: epochs classified right / epochs'),
+           ('learning_confidence', 'learning confidence: mean p(label) while trained on'))
+
+
+def proxy_agreement(proxy, cscores, hardest=0.1):
+  """(Spearman's rho over the examples both score, over the hardest 10% of them by C-score,
+  mask of the examples both score)."""
+  import scipy.stats
+  both = ~np.isnan(proxy) & ~np.isnan(cscores)
+  if both.sum() < 3:
+    return np.nan, np.nan, both
+  hard = both & (cscores <= np.quantile(cscores[both], hardest))
+  rho = lambda where: float(scipy.stats.spearmanr(proxy[where], cscores[where]).statistic)
+  return rho(both), rho(hard) if hard.sum() > 2 else np.nan, both
+
+
+def proxies_figure(est, images, labels, path, per_row=10):
+  """Each learning proxy against the C-score (hexbin, log colour: most mass sits at 1), with
+  Spearman's rho, and the examples on which they disagree most, both ways."""
+  plt = pyplot()
+  fig = plt.figure(figsize=(13, 13), layout='constrained')
+  top, *rows = fig.subfigures(5, 1, height_ratios=(5, 2, 2, 2, 2))
+  plots = top.subplots(1, 2)
+  for col, (key, title) in enumerate(PROXIES):
+    proxy = getattr(est, key)
+    rho_all, rho_hard, both = proxy_agreement(proxy, est.cscores)
+    ax = plots[col]
+    if both.any():
+      art = ax.hexbin(proxy[both], est.cscores[both], gridsize=40, bins='log', cmap='viridis',
+                      extent=(0, 1, 0, 1), mincnt=1)
+      top.colorbar(art, ax=ax, label='examples (log scale)')
+    ax.set(xlabel=title, ylabel='C-score', xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(f"Spearman's rho {rho_all:.2f} over {both.sum():,} examples,\n"
+                 f"{rho_hard:.2f} over the hardest 10% by C-score", fontsize=10)
+    gap = np.where(both, proxy - est.cscores, 0)  # > 0: the proxy finds it easier than C does
+    for row, (sign, what) in zip(rows[2 * col:], ((1, 'learned easily, yet a low C-score'),
+                                                   (-1, 'learned with difficulty, yet a high C-score'))):
+      row.suptitle(f'{key.replace("_", " ")}: {what}', fontsize=10, x=0.01, ha='left')
+      chosen = [i for i in np.argsort(-sign * gap, kind='stable')[:per_row] if both[i]]
+      for ax, i in zip(row.subplots(1, per_row), chosen + [None] * per_row):
+        ax.set_axis_off()
+        if i is not None:
+          show_digit(ax, images[i], f'#{i} label {labels[i]}\nC {est.cscores[i]:.2f}, '
+                                    f'{key.split("_")[1]} {proxy[i]:.2f}')
+  fig.suptitle('Learning proxies against the C-score, from the same runs', fontsize=11)
+  fig.savefig(path)
+  plt.close(fig)
+
+
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
@@ -832,41 +1317,99 @@ def int_at_least(minimum):
   return parse
 
 
+def parse_shard(text):
+  """'I/N' -> (I, N) with 0 <= I < N."""
+  parts = text.split('/')
+  if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    raise argparse.ArgumentTypeError(f'expected I/N, two whole numbers such as 0/4, got {text!r}')
+  i, n = int(parts[0]), int(parts[1])
+  if not 0 <= i < n:
+    raise argparse.ArgumentTypeError(f'I/N needs 0 <= I < N, got {text!r}')
+  return i, n
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
   def error(self, message):
     self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
 def parse_args(argv=None):
-  """(Config, argparse namespace with the paths and --fresh)."""
+  """(Config, argparse namespace with the paths and modes). Needs no TensorFlow: --help and a
+  mistyped flag answer at once."""
   d = Config()
   p = OneLineErrorParser(
-      prog='mnist.py', description='Estimate the C-score of every MNIST training example.',
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument('--runs', type=int_at_least(1), default=d.runs, help='models trained per ratio')
-  p.add_argument('--ratios', type=parse_ratios, default=d.ratios,
-                 help='subset ratios, comma-separated, each in (0, 1)')
-  p.add_argument('--epochs', type=int_at_least(1), default=d.epochs)
-  p.add_argument('--batch-size', type=int_at_least(1), default=d.batch_size)
-  p.add_argument('--seed', type=int_at_least(0), default=d.seed, help='first run seed')
-  p.add_argument('--precision', choices=('float32', 'bfloat16'), default=d.precision)
-  p.add_argument('--models-at-once', type=int_at_least(0), default=d.models_at_once,
-                 help='K, the models trained together; 0 picks it from the device')
-  p.add_argument('--out-dir', default='.', help='where the outputs and the results store go')
-  p.add_argument('--data-dir', default=None, help="tensorflow-datasets' data dir")
-  p.add_argument('--manual-dir', default=None,
-                 help='a folder holding the four official MNIST .gz files, for offline machines')
-  p.add_argument('--fresh', action='store_true', help='discard the results store and start over')
+      prog='mnist.py', description='Estimate the C-score of every MNIST training example: train '
+      'many small MLPs on random subsets of the data, record which held-out examples each gets '
+      'right. Every finished run is stored in OUT-DIR/cscore-runs, so a stopped command resumes.')
+  p.add_argument('--runs', type=int_at_least(1), default=d.runs, metavar='R',
+                 help=f'models trained per ratio, run seeds SEED .. SEED+R-1 (default: {d.runs}, '
+                      "the paper's; 4 gives a first look in minutes)")
+  p.add_argument('--ratios', type=parse_ratios, default=d.ratios, metavar='R1,R2,...',
+                 help='subset ratios, comma-separated, each strictly between 0 and 1 (default: '
+                      '0.1,0.2,...,0.9)')
+  p.add_argument('--epochs', type=int_at_least(1), default=d.epochs, metavar='E',
+                 help=f'epochs of SGD per model (default: {d.epochs})')
+  p.add_argument('--batch-size', type=int_at_least(1), default=d.batch_size, metavar='B',
+                 help=f'examples per SGD step (default: {d.batch_size})')
+  p.add_argument('--seed', type=int_at_least(0), default=d.seed, metavar='SEED',
+                 help=f'the first run seed (default: {d.seed})')
+  p.add_argument('--precision', choices=('float32', 'bfloat16'), default=d.precision,
+                 help='float32 (the default), or bfloat16: bf16 matmuls with float32 weights, '
+                      'loss and updates, faster on CPUs with native bf16 (see the README)')
+  p.add_argument('--models-at-once', type=int_at_least(0), default=d.models_at_once, metavar='K',
+                 help='models trained together (default: 0, chosen for the device: 8 on a '
+                      "small CPU, as many as a quarter of a GPU's memory holds)")
+  p.add_argument('--out-dir', default='.', metavar='DIR',
+                 help='where the outputs and the results store go (default: the current folder)')
+  p.add_argument('--data-dir', default=None, metavar='DIR',
+                 help="tensorflow-datasets' data folder (default: its own, ~/tensorflow_datasets)")
+  p.add_argument('--manual-dir', default=None, metavar='DIR',
+                 help='a folder holding the four official MNIST .gz files, for machines without '
+                      'internet (default: none; MNIST is downloaded)')
+  p.add_argument('--fresh', action='store_true',
+                 help='discard the results store in --out-dir and start over (default: resume)')
+  p.add_argument('--shard', type=parse_shard, metavar='I/N',
+                 help='train only share I of N (0 <= I < N) of the runs, into the store, as one '
+                      'task of a job array or one process per GPU; then --estimate-only writes '
+                      'the outputs (default: train every run)')
+  p.add_argument('--estimate-only', action='store_true',
+                 help='train nothing: write the outputs from the runs stored so far and list the '
+                      'missing ones; safe while shards run (default: train, then write)')
+  p.add_argument('--merge', nargs='+', metavar='DIR',
+                 help="copy the runs of other out-dirs' stores into this one (shards that ran "
+                      'without a shared folder), then write the outputs as --estimate-only does')
   args = p.parse_args(argv)
   if args.seed + args.runs > 2**32:  # numpy's RandomState takes seeds below 2^32
     p.error(f'--seed + --runs must stay below 2^32 = {2**32}')
+  together = [f for f, on in (('--shard', args.shard), ('--merge', args.merge),
+                              ('--estimate-only', args.estimate_only)) if on]
+  if args.fresh and together:
+    p.error(f'--fresh would discard runs that {together[0]} needs; use it alone')
+  if args.shard and len(together) > 1:
+    p.error(f'a shard trains; {together[1]} does not: use them in separate commands')
   config = dataclasses.replace(d, runs=args.runs, ratios=args.ratios, epochs=args.epochs,
                                batch_size=args.batch_size, seed=args.seed,
                                precision=args.precision, models_at_once=args.models_at_once)
   return config, args
 
 
-def summary_lines(est, trained, seconds):
+def reliability_line(est):
+  if np.isnan(est.reliability):
+    return 'split-half reliability: not available (it needs at least 2 runs at every ratio)'
+  return (f'split-half reliability: r = {est.split_half_r:.3f} between the even and the odd runs; '
+          f'the whole estimate {est.reliability:.3f}; 200 runs per ratio would reach '
+          f'{est.reliability_200_runs:.3f}')
+
+
+def hardware_line(runs, config):
+  """Which devices and matmul precisions trained the runs in the estimate."""
+  kinds = collections.Counter(r.hardware for ratio in config.ratios
+                              for r in command_runs(runs, config, ratio))
+  listed = ', '.join(f'{count} on {device} ({matmul})' for (device, matmul), count in kinds.most_common())
+  return f'runs in the estimate trained {"on mixed hardware: " if len(kinds) > 1 else ""}{listed}'
+
+
+def summary_lines(est, runs, config, trained, seconds):
   lines = ['held-out accuracy per ratio (runs done):']
   lines += [f'  {r:.2f}: {acc:.4f} ({k})' for r, k, acc in zip(est.ratios, est.runs, est.heldout_accuracy)]
   scores, se = est.cscores, est.standard_error
@@ -874,11 +1417,13 @@ def summary_lines(est, trained, seconds):
   lines.append(f'C-scores: {len(valid)} examples scored, {int(np.isnan(scores).sum())} never held out; '
                f'{(valid < 0.5).sum()} below 0.5, {(valid < 0.1).sum()} below 0.1')
   if len(valid):
-    runs = int(est.runs.max())
+    runs_done = int(est.runs.max())
     more = runs_to_halve_standard_error(est)
     lines.append(f'standard error: median {np.nanmedian(se):.4f}, 95th percentile '
                  f'{np.nanpercentile(se, 95):.4f}; --runs {more} would halve the median '
-                 f'({more - runs} more per ratio)')
+                 f'({more - runs_done} more per ratio)')
+    lines.append(reliability_line(est))
+    lines.append(hardware_line(runs, config))
   rate = trained / seconds if seconds > 0 else float('nan')
   lines.append(f'models trained now: {trained} in {datetime.timedelta(seconds=round(seconds))} '
                f'({rate:.3f} models/s); models in the estimate: {est.runs.sum()}')
@@ -886,64 +1431,205 @@ def summary_lines(est, trained, seconds):
 
 
 OUTPUTS = dict(scores='cscores.npy', details='cscores-details.npz', examples='mnist-examples.pdf',
-               overview='mnist-cscores.pdf', memorized='mnist-memorized.pdf')
+               overview='mnist-cscores.pdf', memorized='mnist-memorized.pdf',
+               proxies='mnist-proxies.pdf')
 
 
-def write_outputs(out_dir, images, labels, runs, config):
+OUTPUT_NOTES = dict(
+    scores='the C-score of each training example, float32 [60000], in tfds train order',
+    details='per-ratio scores, standard errors, split-half reliability, memorization, learning proxies',
+    examples="per digit, the 10 highest- and 10 lowest-scored examples",
+    overview='C-score histogram, learning curve, C-score per class, hard examples by ratio',
+    memorized='the 30 most memorized examples',
+    proxies='the learning proxies against the C-score')
+
+
+def written_lines(out_dir, est):
+  """The files written, each with its full path, and which to open first."""
+  figures = not np.isnan(est.cscores).all()
+  paths = {k: os.path.abspath(os.path.join(out_dir, name)) for k, name in OUTPUTS.items()
+           if figures or not name.endswith('.pdf')}
+  width = max(map(len, paths.values()))
+  lines = ['wrote:'] + [f'  {path:<{width}}  {OUTPUT_NOTES[k]}' for k, path in paths.items()]
+  if figures:
+    lines.append(f'open first: {paths["examples"]}, the most typical and the most unusual digits')
+  return lines
+
+
+def write_outputs(out_dir, images, labels, runs, config, tag=''):
   """Estimates from the stored runs, written as the output files; returns them."""
   est = estimate(runs, config, len(labels))
   path = {k: os.path.join(out_dir, name) for k, name in OUTPUTS.items()}
-  write_atomically(path['scores'], lambda f: np.save(f, est.cscores.astype(np.float32)))
-  write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est)))
+  write_atomically(path['scores'], lambda f: np.save(f, est.cscores.astype(np.float32)), tag)
+  write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est)), tag)
   if not np.isnan(est.cscores).all():
     examples_figure(images, labels, est.cscores, path['examples'])
     cscores_figure(est, images, labels, path['overview'])
     memorization_figure(est, images, labels, path['memorized'])
+    proxies_figure(est, images, labels, path['proxies'])
   return est
 
 
-def train_missing_runs(trainer, store, runs, groups, epochs):
+def train_missing_runs(trainer, store, runs, groups, tag=''):
   """Trains the groups, saving each to the store and `runs` as it finishes, under a progress
-  bar; Ctrl-C stops it, keeping what is finished. Returns (models trained, interrupted)."""
-  todo, trained = sum(len(seeds) for _, seeds in groups), 0
-  with tqdm(total=todo, unit='model', dynamic_ncols=True, smoothing=0.1,
-            bar_format='{l_bar}{bar}| {n:.1f}/{total} models [{elapsed}<{remaining}, {rate_fmt}]') as bar:
+  bar; Ctrl-C stops it, keeping what is finished. Returns (models trained, interrupted).
+
+  The bar counts work, not models: a model's training FLOPs grow with its ratio (one at 0.9
+  costs about 6.5 times one at 0.1, evaluation included), so counting models would make the ETA
+  swing from group to group. Each epoch and each evaluation is a step; the rate is a slowly
+  moving average, so one slow step (the first, which compiles) barely moves the ETA."""
+  config, n = trainer.config, len(trainer.labels)
+  work = {ratio: np.array(model_work(config, n, ratio)) / 1e12 for ratio, _ in groups}  # TFLOP
+  models, trained = sum(len(seeds) for _, seeds in groups), 0
+  with tqdm(total=sum(len(seeds) * work[ratio].sum() for ratio, seeds in groups), unit='TFLOP',
+            dynamic_ncols=True, smoothing=0.05,
+            bar_format='{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}]') as bar:
+
+    def step(ratio, k):
+      def progress(i):
+        train, evaluate = work[ratio] * k
+        bar.update(train / config.epochs if i < config.epochs else evaluate)
+      return progress
+
     try:
       for ratio, seeds in groups:
-        bar.set_description(f'ratio {ratio:.2f}')
-        done_before = bar.n  # whole models at the end of a group, parts of them per epoch
-        held_out, correct = train_run_group(trainer, ratio, seeds, on_epoch=lambda e: bar.update(
-            done_before + len(seeds) * (e + 1) / epochs - bar.n))
-        save_runs(store, ratio, seeds, held_out, correct)
-        for s, h, c in zip(seeds, held_out, correct):
-          runs[ratio_key(ratio), s] = (h, c)
+        bar.set_description(f'ratio {ratio:.2f}, {trained}/{models} models done')
+        group = train_run_group(trainer, ratio, seeds, step(ratio, len(seeds)))
+        name = save_runs(store, ratio, seeds, group, config.epochs, trainer.hardware, tag)
+        for r, s, run in read_run_file(os.path.join(store, name)):  # as a resume will see them
+          runs[ratio_key(r), s] = run
         trained += len(seeds)
     except KeyboardInterrupt:
       return trained, True
   return trained, False
 
 
+def cpu_name():
+  with contextlib.suppress(OSError):
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  return platform.processor() or platform.machine()
+
+
+def device_description(config):
+  """Where the models train, for the line that opens a run."""
+  if accelerators():
+    memory = gpu_memory_bytes()
+    where = f'{device_kind()}' + (f' ({memory / 2**30:.0f} GB)' if memory else '')
+  else:
+    where = f'the CPU ({cpu_name()}, {cpu_cores()} cores)'
+  return f'{where}, {config.precision} ({matmul_precision(config)} matmuls)'
+
+
+def seed_ranges(seeds):
+  """'0-3, 7, 9-10' for [0, 1, 2, 3, 7, 9, 10]."""
+  spans = []
+  for s in seeds:
+    if spans and s == spans[-1][1] + 1:
+      spans[-1][1] = s
+    else:
+      spans.append([s, s])
+  return ', '.join(f'{a}-{b}' if b > a else f'{a}' for a, b in spans)
+
+
+def missing_runs(runs, config, shard=None):
+  """{ratio: [seeds]} of this command's runs (of `shard`, if given) that are not stored."""
+  return dict(planned_groups(config, runs, config.runs, shard))
+
+
+def missing_line(runs, config):
+  """The command's runs not stored yet, per ratio as seed ranges; None if there are none."""
+  missing = missing_runs(runs, config)
+  total = len(config.ratios) * config.runs
+  if not missing:
+    return None
+  count = sum(len(s) for s in missing.values())
+  return (f'missing: {count} of the command\'s {total} runs are not stored yet ('
+          + '; '.join(f'ratio {r:.2f}: seeds {seed_ranges(s)}' for r, s in missing.items()) + ')')
+
+
+def shard_lines(runs, config, shard, trained):
+  """A shard's summary: its own runs done and left, and the whole command's."""
+  i, n = shard
+  share = len(command_share(config, shard))
+  left = sum(len(s) for s in missing_runs(runs, config, shard).values())
+  total = len(config.ratios) * config.runs
+  stored = total - sum(len(s) for s in missing_runs(runs, config).values())
+  return [f'shard {i}/{n}: {trained} runs trained now; {share - left} of its {share} runs stored, '
+          f'{left} left{" (run the same command again to train them)" if left else ""}',
+          f'the command\'s runs stored by all shards: {stored} of {total}; when all are, the same '
+          f'command with --estimate-only in place of --shard {i}/{n} writes the outputs']
+
+
 INTERRUPTED = 'interrupted: finished runs are kept in the store; run the same command again to resume'
+
+
+def process_tag(args):
+  """The temporary-file tag of this process: '' when it has the store to itself, a shard's own
+  (a restart clears its leftovers), or one unique to this process (--estimate-only, --merge)."""
+  if args.shard:
+    return f'shard-{args.shard[0]}-of-{args.shard[1]}'
+  if args.estimate_only or args.merge:
+    return f'{socket.gethostname()}-{os.getpid()}'
+  return ''
+
+
+def stored_runs(args, config, images, labels):
+  """The store in --out-dir, created or checked (and merged into, with --merge), and its runs."""
+  settings = store_settings(config, data_fingerprint(images, labels))
+  store = open_store(args.out_dir, settings, fresh=args.fresh, tag=process_tag(args),
+                     create=not args.estimate_only or bool(args.merge))
+  if args.merge:
+    print(f'merged {merge_stores(store, args.merge, settings, process_tag(args))} runs into {store}')
+  return store, load_runs(store)
+
+
+def train_share(args, config, images, labels, store, runs):
+  """Trains the command's runs (its shard's, with --shard) that the store lacks; returns
+  (models trained, interrupted). --estimate-only and --merge train nothing."""
+  if args.estimate_only or args.merge:
+    return 0, False
+  k = min(config.models_at_once, config.runs) or default_models_at_once(config.runs, config)
+  groups = planned_groups(config, runs, k, args.shard)
+  todo, planned = sum(len(seeds) for _, seeds in groups), len(command_share(config, args.shard))
+  whose = f"shard {args.shard[0]}/{args.shard[1]}'s share of " if args.shard else ''
+  print(f'{len(labels)} examples; {whose}{len(config.ratios)} ratios x {config.runs} runs: '
+        f'{planned - todo} done, {todo} to train, {k} at a time on {device_description(config)}')
+  return train_missing_runs(EnsembleTrainer(images, labels, config), store, runs, groups,
+                            process_tag(args))
+
+
+def written_outputs(args, config, images, labels, store, runs, trained, seconds, interrupted):
+  """Writes the outputs from the stored runs the command names; returns the summary's lines.
+  With none stored that is an error, unless Ctrl-C stopped the very first group."""
+  if not any(command_runs(runs, config, r) for r in config.ratios):
+    if interrupted:
+      return []
+    raise CScoreError(f'{store} holds none of the runs this command names ({len(config.ratios)} '
+                      f'ratios x seeds {seed_ranges(run_seeds(config))}); '
+                      'train them first, or check --runs, --ratios and --seed')
+  est = write_outputs(args.out_dir, images, labels, runs, config, process_tag(args))
+  missing = missing_line(runs, config)
+  return (summary_lines(est, runs, config, trained, seconds) + ([missing] if missing else [])
+          + written_lines(args.out_dir, est))
 
 
 def main(argv=None):
   config, args = parse_args(argv)
   start = time.perf_counter()
-  configure_tensorflow()
   try:
-    with lock_store(args.out_dir):
+    with lock_store(args.out_dir, args.shard, reader=bool(args.estimate_only or args.merge)):
+      configure_tensorflow()  # after the lock: a refused process answers at once
       images, labels = load_mnist(args.data_dir, args.manual_dir)
-      store = open_store(args.out_dir, store_settings(config, data_fingerprint(images, labels)),
-                         fresh=args.fresh)
-      runs = load_runs(store)
-      k = min(config.models_at_once, config.runs) or default_models_at_once(config.runs, config)
-      groups = planned_groups(config, runs, k)
-      todo = sum(len(seeds) for _, seeds in groups)
-      print(f'{len(labels)} examples; {len(config.ratios)} ratios x {config.runs} runs: '
-            f'{len(config.ratios) * config.runs - todo} done, {todo} to train, {k} at a time')
-      trained, interrupted = train_missing_runs(EnsembleTrainer(images, labels, config), store,
-                                                runs, groups, config.epochs)
-      est = write_outputs(args.out_dir, images, labels, runs, config)
+      store, runs = stored_runs(args, config, images, labels)
+      trained, interrupted = train_share(args, config, images, labels, store, runs)
+      if args.shard:  # a shard's own summary, with the runs the other shards stored meanwhile
+        lines = shard_lines(load_runs(store), config, args.shard, trained)
+      else:
+        lines = written_outputs(args, config, images, labels, store, runs, trained,
+                                time.perf_counter() - start, interrupted)
   except (CScoreError, OSError) as e:
     print(f'mnist.py: error: {e}', file=sys.stderr)
     return 1
@@ -954,7 +1640,7 @@ def main(argv=None):
   except KeyboardInterrupt:
     print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)
     return 130
-  for line in summary_lines(est, trained, time.perf_counter() - start):
+  for line in lines:
     print(line)
   if interrupted:
     print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)

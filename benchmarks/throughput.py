@@ -1,12 +1,13 @@
 """How close the trainer runs to this machine's limit, measured in one run.
 
-    python benchmarks/throughput.py [--models-at-once K] [--epochs 2] [--skip-bf16]
+    python benchmarks/throughput.py [--models-at-once K] [--epochs 2] [--skip-bf16] [--record-repeats 5]
 
 On synthetic data of MNIST's shape (no download), it measures
   (a) the machine's matmul rate through TensorFlow: a 4096^3 matmul, fp32 (and bf16);
   (b) the trainer on a slice of the real protocol: one group of K models at ratio 0.5, then
       their evaluation on all 60,000 examples, in examples/s and GFLOP/s;
   (c) the same slice one model at a time (K = 1);
+  (d) what recording the learning proxies costs: slices with and without it, interleaved;
 and prints (b)/(a), (b)/(c), bf16/fp32 and the full protocol's projected wall time. Only figures
 from the same run are compared: this machine's speed varies from run to run.
 """
@@ -15,7 +16,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -27,14 +27,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 N, RATIO = 60000, 0.5
-
-
-def flops_per_example(sizes):
-  """(training step, forward) FLOPs of one example: forward 2 sum(in out); backward the weight
-  gradients 2 sum(in out) plus the input gradients of all layers but the first."""
-  forward = 2 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
-  backward = forward + 2 * sum(i * o for i, o in zip(sizes[1:-1], sizes[2:]))
-  return forward + backward, forward
 
 
 def matmul_rate(dtype, size=4096, repeats=5):
@@ -86,6 +78,8 @@ def main():
   p.add_argument('--models-at-once', type=int, default=0, help='K; 0: the default for this device')
   p.add_argument('--epochs', type=int, default=2, help='epochs of the timed slice; the first runs slower')
   p.add_argument('--skip-bf16', action='store_true')
+  p.add_argument('--record-repeats', type=int, default=5,
+                 help='pairs of slices with and without the learning record (0: skip)')
   p.add_argument('--matmul-only', help=argparse.SUPPRESS)  # (a), in its own process
   args = p.parse_args()
   if args.matmul_only:
@@ -93,8 +87,7 @@ def main():
     return
   mnist.configure_tensorflow()  # as mnist.py does, before any TensorFlow op
   k = args.models_at_once or mnist.default_models_at_once(200)
-  sizes = mnist.layer_sizes(mnist.Config())
-  train_flops, eval_flops = flops_per_example(sizes)
+  train_flops, eval_flops = mnist.flops_per_example(mnist.Config())
   images, labels = synthetic_mnist()
 
   print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
@@ -113,6 +106,18 @@ def main():
           f'train {train_rate:,.0f} examples/s = {train_rate * train_flops / 1e9:.0f} GFLOP/s; '
           f'eval {eval_rate:,.0f} examples/s = {eval_rate * eval_flops / 1e9:.0f} GFLOP/s')
 
+  if args.record_repeats:
+    # With and without the learning record, interleaved so that drifts of this machine's speed
+    # hit both alike; the median of the per-pair ratios.
+    config = mnist.Config(epochs=args.epochs)
+    trainers = [mnist.EnsembleTrainer(images, labels, config, record=r) for r in (True, False)]
+    ratios = []
+    for _ in range(args.record_repeats):
+      with_record, without = (time_slice(t, k, args.epochs)[0] for t in trainers)
+      ratios.append(with_record / without)
+    print(f'(d) learning record, K={k}, {args.record_repeats} interleaved pairs: training throughput with / '
+          f'without {np.median(ratios):.3f} (median; pairs {", ".join(f"{r:.3f}" for r in ratios)})')
+
   b, c = results['(b)'], results['(c)']
   print(f'(b)/(a) fp32 trainer / matmul rate: {b[0] * train_flops / 1e9 / peak["float32"]:.2f}')
   print(f'(b)/(c) K={k} / one at a time: {b[0] / c[0]:.2f}x')
@@ -126,7 +131,11 @@ def main():
     hours = (steps / train_rate + evals / eval_rate) / 3600
     print(f'projected full protocol ({len(protocol.ratios)} ratios x {protocol.runs} runs x '
           f'{protocol.epochs} epochs) with {name}: {hours:.2f} h')
-  print(f'peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB')
+  try:  # POSIX only
+    import resource
+    print(f'peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB')
+  except ImportError:
+    pass
 
 
 if __name__ == '__main__':

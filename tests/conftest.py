@@ -39,14 +39,6 @@ def manual_dir():
   return MANUAL_DIR
 
 
-@pytest.fixture(scope='session')
-def mnist_data_dir(tmp_path_factory, manual_dir):
-  """A tfds data dir holding the real MNIST, prepared from the official files."""
-  data_dir = tmp_path_factory.mktemp('tfds')
-  mnist.load_mnist(str(data_dir), str(manual_dir))
-  return data_dir
-
-
 # A tiny protocol on the real MNIST: 8 models of 1 epoch, 2 at a time, in about 10 s.
 TINY = ['--runs', '4', '--epochs', '1', '--ratios', '0.5,0.9', '--models-at-once', '2']
 
@@ -60,9 +52,23 @@ def run_script(*argv):
 
 
 @pytest.fixture(scope='session')
-def tiny_run(mnist_data_dir, tmp_path_factory):
-  """(out dir, completed process) of one uninterrupted tiny run."""
-  out = tmp_path_factory.mktemp('out')
-  result = run_script(*TINY, '--manual-dir', str(MANUAL_DIR), '--data-dir', str(mnist_data_dir),
+def first_run(tmp_path_factory, manual_dir):
+  """(out dir, tfds data dir, completed process) of one uninterrupted tiny run on a machine that
+  has never prepared MNIST: it prepares the real MNIST from the official files."""
+  data_dir, out = tmp_path_factory.mktemp('tfds'), tmp_path_factory.mktemp('out')
+  result = run_script(*TINY, '--manual-dir', str(manual_dir), '--data-dir', str(data_dir),
                       '--out-dir', str(out))
-  return out, result
+  return out, data_dir, result
+
+
+@pytest.fixture(scope='session')
+def mnist_data_dir(first_run):
+  """A tfds data dir holding the real MNIST, prepared from the official files."""
+  assert first_run[2].returncode == 0, first_run[2].stderr
+  return first_run[1]
+
+
+@pytest.fixture(scope='session')
+def tiny_run(first_run):
+  """(out dir, completed process) of one uninterrupted tiny run."""
+  return first_run[0], first_run[2]

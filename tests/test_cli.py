@@ -1,7 +1,11 @@
 """The command line: flags map onto the settings; every mistake is one line and an exit code."""
+import subprocess
+import sys
+
 import pytest
 
 import mnist
+from conftest import ROOT
 
 
 def parse_error(capsys, *argv):
@@ -37,6 +41,14 @@ def test_flags_override_the_defaults():
     (['--batch-size', '-3'], 'at least 1'),
     (['--runs', 'many'], 'not a whole number'),
     (['--seed', str(2**32 - 1), '--runs', '2'], 'below 2^32'),
+    (['--shard', '2/2'], 'needs 0 <= I < N'),
+    (['--shard', '0/0'], 'needs 0 <= I < N'),
+    (['--shard=-1/2'], 'expected I/N'),
+    (['--shard', 'a/b'], 'expected I/N'),
+    (['--shard', '1/2/3'], 'expected I/N'),
+    (['--fresh', '--shard', '0/2'], '--fresh would discard runs'),
+    (['--fresh', '--estimate-only'], '--fresh would discard runs'),
+    (['--shard', '0/2', '--merge', 'elsewhere'], 'use them in separate commands'),
 ])
 def test_bad_flags_are_one_line_and_exit_2(capsys, argv, says):
   code, err = parse_error(capsys, *argv)
@@ -77,3 +89,44 @@ def test_running_out_of_memory_is_one_line_suggesting_smaller_settings(tmp_path,
   assert mnist.main(['--out-dir', str(tmp_path)]) == 1
   err = capsys.readouterr().err
   assert err.count('\n') == 1 and '--models-at-once' in err
+
+
+# --- Fast answers: no TensorFlow before the flags are read ---------------------------------------
+
+def tensorflow_loaded_after(*argv):
+  """(exit code, stdout, whether TensorFlow was imported) of mnist.py run as a script."""
+  code = ('import runpy, sys\n'
+          f'sys.argv = ["mnist.py", *{list(argv)!r}]\n'
+          'try:\n  runpy.run_path("mnist.py", run_name="__main__")\n'
+          'except SystemExit as e:\n  print("exit", e.code, "tensorflow" in sys.modules)\n')
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  last = result.stdout.strip().splitlines()[-1].split()
+  return int(last[1]), result.stdout, last[2] == 'True'
+
+
+def test_help_answers_without_loading_tensorflow():
+  code, out, loaded = tensorflow_loaded_after('--help')
+  assert code == 0 and not loaded and '--shard I/N' in out
+
+
+def test_a_bad_flag_answers_without_loading_tensorflow():
+  code, _, loaded = tensorflow_loaded_after('--runs', 'many')
+  assert code == 2 and not loaded
+
+
+def test_every_flag_says_what_it_does_and_its_default_in_words(capsys):
+  with pytest.raises(SystemExit):
+    mnist.parse_args(['--help'])
+  entries = {}  # flag -> its help text, from the lines of the options section
+  for line in capsys.readouterr().out.split('options:')[1].splitlines():
+    if line.startswith('  -'):
+      flag = line.split()[0]
+      entries[flag] = line
+    elif line.strip():
+      entries[flag] += ' ' + line.strip()
+  assert {'--runs', '--ratios', '--epochs', '--batch-size', '--seed', '--precision', '--models-at-once',
+          '--out-dir', '--data-dir', '--manual-dir', '--fresh', '--shard', '--estimate-only', '--merge'} <= set(entries)
+  for flag, text in entries.items():
+    if flag not in ('-h,', '--merge'):  # --merge has no default: it names folders
+      assert 'default' in text, flag
+    assert 'None' not in text and '(0.1, 0.2' not in text, flag

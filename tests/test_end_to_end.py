@@ -1,5 +1,6 @@
 """The whole script on the real MNIST, with a tiny protocol: outputs, resume, scores."""
 import numpy as np
+import pytest
 
 import mnist
 from conftest import TINY
@@ -32,7 +33,7 @@ def test_models_are_accurate_on_the_examples_they_held_out(tiny_run):
   runs = mnist.load_runs(out / mnist.STORE_DIR)
   assert len(runs) == 8
   for ratio in (0.5, 0.9):
-    held_out, correct = mnist.runs_at_ratio(runs, mnist.Config(ratios=(ratio,), runs=4), ratio)
+    held_out, correct = mnist.masks(mnist.command_runs(runs, mnist.Config(ratios=(ratio,), runs=4), ratio))
     assert mnist.heldout_accuracy(held_out, correct) > 0.9
 
 
@@ -43,11 +44,11 @@ def test_an_interrupted_run_resumes_without_redoing_runs_and_gives_the_same_scor
   trained = []
   real_train = mnist.train_run_group
 
-  def train_then_stop(trainer, ratio, seeds, on_epoch=None):
+  def train_then_stop(trainer, ratio, seeds, on_step=None):
     if len(trained) == 2:
       raise KeyboardInterrupt  # Ctrl-C during the third group
     trained.append((ratio, tuple(seeds)))
-    return real_train(trainer, ratio, seeds, on_epoch)
+    return real_train(trainer, ratio, seeds, on_step)
 
   monkeypatch.setattr(mnist, 'train_run_group', train_then_stop)
   assert mnist.main(argv) == 130
@@ -58,3 +59,80 @@ def test_an_interrupted_run_resumes_without_redoing_runs_and_gives_the_same_scor
   assert mnist.main(argv) == 0
   assert trained[2:] == [(0.5, [2, 3]), (0.9, [2, 3])]  # only the unfinished runs
   np.testing.assert_array_equal(np.load(tmp_path / 'cscores.npy'), np.load(uninterrupted / 'cscores.npy'))
+
+
+# --- What a newcomer sees ------------------------------------------------------------------------
+
+def test_a_first_run_says_it_prepares_mnist_in_one_line_of_its_own_and_none_of_tfds(first_run):
+  _, data_dir, result = first_run
+  assert result.stdout.splitlines()[0] == f'preparing MNIST in {data_dir} (once)'
+  for tfds_line in ('Downloading and preparing', 'downloaded and prepared', 'Dataset mnist'):
+    assert tfds_line not in result.stdout + result.stderr
+
+
+def test_the_opening_line_names_the_device_k_and_the_precision(tiny_run):
+  opening = tiny_run[1].stdout.splitlines()[1]
+  assert opening.startswith('60000 examples; 2 ratios x 4 runs: 0 done, 8 to train, 2 at a time on the CPU (')
+  assert f'{mnist.cpu_cores()} cores), float32 (fp32 matmuls)' in opening
+
+
+def test_on_a_gpu_the_opening_line_names_it_and_its_memory(monkeypatch):
+  monkeypatch.setattr(mnist, 'accelerators', lambda: ['GPU:0'])
+  monkeypatch.setattr(mnist, 'device_kind', lambda: 'NVIDIA H100 80GB HBM3')
+  monkeypatch.setattr(mnist, 'gpu_memory_bytes', lambda: 80 * 2**30)
+  monkeypatch.setattr(mnist, 'matmul_precision', lambda config: 'tf32')
+  assert mnist.device_description(mnist.Config()) == 'NVIDIA H100 80GB HBM3 (80 GB), float32 (tf32 matmuls)'
+
+
+def test_the_summary_ends_with_every_file_written_and_which_to_open_first(tiny_run):
+  out, result = tiny_run
+  lines = result.stdout.splitlines()
+  listed = lines[lines.index('wrote:') + 1:-1]
+  assert [line.split()[0] for line in listed] == [str(out / name) for name in mnist.OUTPUTS.values()]
+  assert all((out / name).exists() for name in mnist.OUTPUTS.values())
+  assert lines[-1].startswith(f'open first: {out / "mnist-examples.pdf"}')
+
+
+def test_progress_counts_work_a_model_at_0_9_costing_about_6_5_models_at_0_1():
+  config = mnist.Config()
+  low, high = (np.array(mnist.model_work(config, 60000, r)) for r in (0.1, 0.9))
+  assert 6 < high.sum() / low.sum() < 7
+  assert high[0] / low[0] == pytest.approx(9) and high[1] == low[1]  # training grows, evaluation not
+  train, forward = mnist.flops_per_example(config)
+  assert train == pytest.approx(2.4e6, rel=0.05) and forward == pytest.approx(1.1e6, rel=0.05)
+
+
+def test_the_progress_bar_advances_by_each_epoch_and_each_evaluation(tmp_path, monkeypatch):
+  config = mnist.Config(ratios=(0.1, 0.9), runs=2, epochs=3)
+  steps = []
+
+  class Bar:
+    def __init__(self, total, **kwargs):
+      self.total, self.n = total, 0
+    def __enter__(self):
+      return self
+    def __exit__(self, *exc):
+      return False
+    def set_description(self, text):
+      pass
+    def update(self, amount):
+      self.n += amount
+      steps.append(amount)
+
+  class Trainer:  # trains nothing: reports the steps of a group as the real one does
+    labels, hardware = np.zeros(100), ('CPU', 'fp32')
+  Trainer.config = config
+
+  def fake_group(trainer, ratio, seeds, on_step):
+    for i in range(config.epochs + 1):
+      on_step(i)
+    return (np.ones((len(seeds), 100), bool), np.ones((len(seeds), 100), bool))
+
+  monkeypatch.setattr(mnist, 'tqdm', Bar)
+  monkeypatch.setattr(mnist, 'train_run_group', fake_group)
+  store = mnist.open_store(str(tmp_path), mnist.store_settings(config, 'x'))
+  groups = mnist.planned_groups(config, {}, 2)
+  mnist.train_missing_runs(Trainer(), store, {}, groups)
+  (low_train, low_eval), (high_train, high_eval) = (np.array(mnist.model_work(config, 100, r)) / 1e12 * 2 for r in (0.1, 0.9))
+  expected = [low_train / 3] * 3 + [low_eval] + [high_train / 3] * 3 + [high_eval]
+  np.testing.assert_allclose(steps, expected)

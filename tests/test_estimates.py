@@ -16,7 +16,7 @@ def synthetic_runs(ratios=(0.2, 0.5), runs=6, n=40, seed=0):
     for s in range(runs):
       held_out = rng.random(n) > ratio
       correct = rng.random(n) < np.where(held_out, skill, 0.5 + skill / 2)
-      store[mnist.ratio_key(ratio), s] = (held_out, correct)
+      store[mnist.ratio_key(ratio), s] = mnist.Run(held_out, correct)
   return store
 
 
@@ -94,7 +94,8 @@ def estimates_with_scores(p, runs=20, count=100, n=50):
   counts = np.full((2, n), count)
   return mnist.Estimates(np.array([0.3, 0.6]), np.array([runs, runs]), np.full(2, 0.9), per_ratio,
                          counts, per_ratio[0], mnist.standard_error(per_ratio, counts),
-                         np.zeros((2, n)), np.zeros(n))
+                         np.zeros((2, n)), np.zeros(n), np.nan, np.nan, np.nan,
+                         np.full((2, n), np.nan), np.full(n, np.nan), np.full(n, np.nan))
 
 
 def test_runs_that_halve_the_standard_error_are_about_4x_for_middling_scores():
@@ -112,8 +113,8 @@ def test_heldout_accuracy_is_the_mean_of_each_runs_accuracy_on_what_it_held_out(
 
 
 def test_estimate_uses_only_this_commands_runs():
-  runs = {(0.5, s): (np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 1], bool)) for s in range(3)}
-  runs[0.5, 99] = (np.array([1, 1, 1, 1], bool), np.zeros(4, bool))  # another command's run
+  runs = {(0.5, s): mnist.Run(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 1], bool)) for s in range(3)}
+  runs[0.5, 99] = mnist.Run(np.array([1, 1, 1, 1], bool), np.zeros(4, bool))  # another command's run
   est = mnist.estimate(runs, mnist.Config(ratios=(0.5,), runs=3), 4)
   np.testing.assert_array_equal(est.held_out_counts[0], [3, 3, 0, 0])
   np.testing.assert_array_equal(est.cscores[:2], [1.0, 0.0])
@@ -140,7 +141,7 @@ def test_outputs_are_written_when_few_examples_have_a_score(tmp_path):
   n = 200
   held_out = np.zeros(n, bool)
   held_out[:3] = True  # one run that held out 3 examples, all of class 0, 1 and 2
-  store = {(0.99, 0): (held_out, np.ones(n, bool))}
+  store = {(0.99, 0): mnist.Run(held_out, np.ones(n, bool))}
   images = np.zeros((n, 784), np.uint8)
   est = mnist.write_outputs(str(tmp_path), images, np.arange(n) % 10, store,
                             mnist.Config(ratios=(0.99,), runs=1))

@@ -82,7 +82,7 @@ def test_hand_written_gradients_equal_autodiff_of_the_mean_nll(stacked):
     tape.watch(params)
     loss = mnist.mlp_loss(params, x, y, weight)
   expected = tape.gradient(loss, params)
-  got = mnist.mlp_gradients(params, x, y, weight)
+  got, _ = mnist.mlp_gradients(params, x, y, weight)
   for g, e in zip(got, expected):
     np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-4, atol=1e-6)
 
@@ -93,8 +93,8 @@ def test_bfloat16_gradients_are_close_to_float32_ones():
   x = tf.constant(rng.random((64, 784), dtype=np.float32))
   y = tf.constant(rng.integers(0, 10, 64).astype(np.int32))
   weight = tf.ones(64)
-  exact = mnist.mlp_gradients(params, x, y, weight)
-  bf16 = mnist.mlp_gradients(params, x, y, weight, tf.bfloat16)
+  exact, _ = mnist.mlp_gradients(params, x, y, weight)
+  bf16, _ = mnist.mlp_gradients(params, x, y, weight, tf.bfloat16)
   for g, e in zip(bf16, exact):
     assert g.dtype == tf.float32
     assert np.linalg.norm(g.numpy() - e.numpy()) <= 0.05 * np.linalg.norm(e.numpy())  # ~3% seen
@@ -133,7 +133,7 @@ def test_training_follows_sgd_with_momentum_on_the_runs_batches(synthetic_data):
   weight = mnist.batch_weights(mnist.subset_size(n, ratio), config.batch_size)
   for idx, w in zip(order, weight):
     x = tf.constant(images[idx] / 255.0, tf.float32)
-    grads = mnist.mlp_gradients(params, x, labels[idx], w)
+    grads, _ = mnist.mlp_gradients(params, x, labels[idx], w)
     velocity = [0.9 * v + g for v, g in zip(velocity, grads)]
     params = [p - 0.1 * v for p, v in zip(params, velocity)]
   trained = mnist.EnsembleTrainer(images, labels, config).train([seed], ratio)
@@ -143,7 +143,7 @@ def test_training_follows_sgd_with_momentum_on_the_runs_batches(synthetic_data):
 
 def test_trained_models_learn_and_report_correctness_on_every_example(synthetic_data):
   images, labels = synthetic_data
-  held_out, correct = mnist.train_run_group(mnist.EnsembleTrainer(images, labels, SMALL), 0.5, [0, 1])
+  held_out, correct, *_ = mnist.train_run_group(mnist.EnsembleTrainer(images, labels, SMALL), 0.5, [0, 1])
   assert held_out.shape == correct.shape == (2, 600) and correct.dtype == bool
   assert held_out.sum(1).tolist() == [300, 300]
   assert mnist.heldout_accuracy(held_out, correct) > 0.9

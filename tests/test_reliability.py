@@ -167,12 +167,13 @@ def test_a_second_process_on_the_same_out_dir_refuses_at_once(tmp_path, capsys):
 
 def test_the_lock_ends_with_the_process_holding_it_even_on_kill_9(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time, mnist; lock = mnist.lock_store(sys.argv[1]); '
+      [sys.executable, '-c', 'import sys, time, mnist; held = mnist.lock_store(sys.argv[1]); held.__enter__(); '
        'print("locked", flush=True); time.sleep(600)', str(tmp_path)],
       cwd=ROOT, stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == 'locked'
   with pytest.raises(mnist.CScoreError, match='another mnist.py is running'):
-    mnist.lock_store(str(tmp_path))
+    with mnist.lock_store(str(tmp_path)):
+      pass
   holder.kill()
   holder.wait()
   with mnist.lock_store(str(tmp_path)):
@@ -181,7 +182,7 @@ def test_the_lock_ends_with_the_process_holding_it_even_on_kill_9(tmp_path):
 
 def test_a_store_with_runs_but_no_settings_is_refused(tmp_path):
   store = mnist.open_store(tmp_path, mnist.store_settings(mnist.Config(), 'x'))
-  mnist.save_runs(store, 0.5, [0], np.ones((1, 8), bool), np.ones((1, 8), bool))
+  mnist.save_runs(store, 0.5, [0], (np.ones((1, 8), bool), np.ones((1, 8), bool)))
   os.unlink(os.path.join(store, mnist.SETTINGS_FILE))
   with pytest.raises(mnist.CScoreError, match='no settings.json.*--fresh'):
     mnist.open_store(tmp_path, mnist.store_settings(mnist.Config(), 'x'))

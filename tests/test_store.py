@@ -17,7 +17,7 @@ def random_runs(k, n=100, seed=0):
 def test_saved_runs_load_back_bit_for_bit(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
   held_out, correct = random_runs(3, n=101)
-  mnist.save_runs(store, 0.3, [5, 6, 7], held_out, correct)
+  mnist.save_runs(store, 0.3, [5, 6, 7], (held_out, correct))
   runs = mnist.load_runs(store)
   assert sorted(runs) == [(0.3, 5), (0.3, 6), (0.3, 7)]
   for k, s in enumerate([5, 6, 7]):
@@ -27,7 +27,7 @@ def test_saved_runs_load_back_bit_for_bit(tmp_path):
 
 def test_store_files_load_without_pickle(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  mnist.save_runs(store, 0.5, [0], *random_runs(1))
+  mnist.save_runs(store, 0.5, [0], random_runs(1))
   (name,) = [f for f in os.listdir(store) if f.endswith('.npz')]
   with np.load(os.path.join(store, name), allow_pickle=False) as f:
     assert all(f[key].dtype != object for key in f.files)
@@ -35,7 +35,7 @@ def test_store_files_load_without_pickle(tmp_path):
 
 def test_a_write_leaves_no_temporary_file(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  mnist.save_runs(store, 0.5, [0, 1], *random_runs(2))
+  mnist.save_runs(store, 0.5, [0, 1], random_runs(2))
   assert not [f for f in os.listdir(store) if f.startswith('.tmp-')]
 
 
@@ -48,14 +48,14 @@ def test_store_made_with_other_settings_is_refused_naming_each_difference(tmp_pa
 
 def test_fresh_discards_the_stored_runs(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  mnist.save_runs(store, 0.5, [0], *random_runs(1))
+  mnist.save_runs(store, 0.5, [0], random_runs(1))
   store = mnist.open_store(tmp_path, dict(SETTINGS, epochs=3), fresh=True)
   assert mnist.load_runs(store) == {}
 
 
 def test_a_corrupt_store_file_is_an_error_naming_it_and_fresh(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  mnist.save_runs(store, 0.5, [0], *random_runs(1))
+  mnist.save_runs(store, 0.5, [0], random_runs(1))
   (name,) = [f for f in os.listdir(store) if f.endswith('.npz')]
   path = os.path.join(store, name)
   with open(path, 'r+b') as f:
@@ -79,6 +79,6 @@ def test_a_larger_runs_only_adds_runs():
 
 def test_ratios_that_differ_in_the_sixth_decimal_get_their_own_files(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  mnist.save_runs(store, 0.12345, [0], *random_runs(1))
-  mnist.save_runs(store, 0.12346, [0], *random_runs(1))
+  mnist.save_runs(store, 0.12345, [0], random_runs(1))
+  mnist.save_runs(store, 0.12346, [0], random_runs(1))
   assert sorted(mnist.load_runs(store)) == [(0.12345, 0), (0.12346, 0)]

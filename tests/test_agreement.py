@@ -1,0 +1,178 @@
+"""Agreement with the published scores (benchmarks/agreement.py) and the split-half reliability
+that sets its ceiling, on synthetic scores and stores whose relation is known."""
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+
+import mnist
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'benchmarks'))
+import agreement  # noqa: E402
+
+
+def published(n=5000, seed=0):
+  """Scores shaped like the published ones: most near 1, a tail of hard examples."""
+  rng = np.random.default_rng(seed)
+  return np.where(rng.random(n) < 0.85, 1 - rng.random(n) * 0.01, rng.random(n))
+
+
+# --- The metrics ------------------------------------------------------------------------------
+
+def test_identical_scores_agree_perfectly():
+  ref = published()
+  m = agreement.agreement(ref.copy(), ref)
+  assert m['pearson'] == pytest.approx(1) and m['spearman'] == pytest.approx(1)
+  assert m['spearman_hard'] == pytest.approx(1) and m['lowest_overlap'] == 1000
+  assert m['mean_ours'] == m['mean_reference'] and m['nan'] == 0 and m['examples'] == 5000
+
+
+def test_shuffled_scores_agree_no_better_than_chance():
+  ref = published()
+  m = agreement.agreement(np.random.default_rng(1).permutation(ref), ref)
+  assert abs(m['pearson']) < 0.05 and abs(m['spearman']) < 0.05 and abs(m['spearman_hard']) < 0.1
+  assert m['lowest_overlap'] < 300  # chance: 1000 x 1000 / 5000 = 200
+
+
+def test_nan_scores_are_left_out_and_counted():
+  ref = published()
+  ours = ref.copy()
+  ours[:7] = np.nan
+  m = agreement.agreement(ours, ref)
+  assert m['nan'] == 7 and m['examples'] == 4993
+  assert m['pearson'] == pytest.approx(1) and m['mean_reference'] == pytest.approx(ref[7:].mean())
+
+
+def test_ties_get_average_ranks():
+  ref = published()
+  ours = np.round(ref, 1)  # many ties
+  m = agreement.agreement(ours, ref)
+  ranks = scipy.stats.rankdata(ours), scipy.stats.rankdata(ref)  # average ranks
+  assert m['spearman'] == pytest.approx(np.corrcoef(*ranks)[0, 1])
+
+
+def test_the_lowest_go_by_score_then_by_example_index():
+  scores = np.array([0.5, 0.0, 0.2, 0.0, 0.0, 0.9])
+  np.testing.assert_array_equal(agreement.lowest(scores, 4), [1, 3, 4, 2])
+
+
+def test_a_hard_example_is_one_published_below_0_99():
+  ref = np.array([0.5, 0.98, 0.99, 1.0, 0.2])
+  assert agreement.agreement(ref.copy(), ref)['hard'] == 3
+
+
+# --- The command --------------------------------------------------------------------------------
+
+def write_scores(folder, scores, reliability=None):
+  folder.mkdir(exist_ok=True)
+  np.save(folder / 'cscores.npy', scores.astype(np.float32))
+  if reliability is not None:
+    np.savez(folder / 'cscores-details.npz', reliability=reliability[0], reliability_200_runs=reliability[1])
+  return folder / 'cscores.npy'
+
+
+def test_prints_the_metrics_and_the_ceiling_from_the_details_beside_the_scores(tmp_path, capsys):
+  ref = published()
+  np.save(tmp_path / 'published.npy', ref)
+  scores = write_scores(tmp_path / 'out', ref + 0.01, reliability=(0.81, 0.99))
+  assert agreement.main([str(scores), '--reference', str(tmp_path / 'published.npy')]) == 0
+  out = capsys.readouterr().out
+  assert 'Pearson r              1.0000' in out
+  assert f'{math.sqrt(0.81 * 0.99):.4f} = sqrt(0.8100 ours x 0.9900 published)' in out
+  assert '1,000 lowest overlap   1,000 (100.0%)' in out
+
+
+def test_without_reliability_the_ceiling_says_why_it_is_not_available(tmp_path, capsys):
+  ref = published()
+  np.save(tmp_path / 'published.npy', ref)
+  scores = write_scores(tmp_path / 'out', ref, reliability=(np.nan, np.nan))
+  assert agreement.main([str(scores), '--reference', str(tmp_path / 'published.npy')]) == 0
+  assert 'not available (split-half reliability needs at least 2 runs' in capsys.readouterr().out
+
+
+def test_offline_without_reference_is_one_line_naming_reference(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(agreement, 'REFERENCE_URL', 'http://127.0.0.1:9/mnist-cscores.npy')  # refused
+  monkeypatch.setattr(agreement, 'CACHE_DIR', str(tmp_path / 'cache'))  # no copy cached from before
+  scores = write_scores(tmp_path / 'out', published())
+  assert agreement.main([str(scores)]) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and '--reference' in err and err.startswith('agreement.py: error:')
+
+
+@pytest.mark.parametrize('content, says', [
+    (None, 'no such file'),
+    (np.zeros((2, 3)), 'expected a 1-D float array'),
+    (np.arange(5), 'expected a 1-D float array'),
+    (np.zeros(7), 'not the same data set'),
+    (b'', 'No data left in file'),
+    ({'cscores': np.zeros(5000)}, 'an .npz archive'),
+])
+def test_a_missing_or_malformed_file_is_one_line_and_exit_1(tmp_path, capsys, content, says):
+  np.save(tmp_path / 'published.npy', published())
+  if isinstance(content, bytes):
+    (tmp_path / 'cscores.npy').write_bytes(content)
+  elif isinstance(content, dict):
+    with open(tmp_path / 'cscores.npy', 'wb') as f:
+      np.savez(f, **content)
+  elif content is not None:
+    np.save(tmp_path / 'cscores.npy', content)
+  assert agreement.main([str(tmp_path / 'cscores.npy'), '--reference', str(tmp_path / 'published.npy')]) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and says in err
+
+
+def test_bad_arguments_exit_2(capsys):
+  with pytest.raises(SystemExit) as e:
+    agreement.parse_args([])
+  assert e.value.code == 2 and capsys.readouterr().err.count('\n') == 1
+
+
+# --- Split-half reliability ---------------------------------------------------------------------
+
+def bernoulli_store(skill, ratios, runs, seed=0, held_out_share=1.0):
+  """Runs in which each example is held out with probability held_out_share and classified
+  correctly with probability skill[i], independently: the truth is known."""
+  rng = np.random.default_rng(seed)
+  n = len(skill)
+  return {(mnist.ratio_key(r), s): mnist.Run(rng.random(n) < held_out_share, rng.random(n) < skill)
+          for r in ratios for s in range(runs)}
+
+
+def test_split_half_reliability_matches_the_truth_of_a_known_store():
+  skill = np.random.default_rng(5).beta(2, 0.5, 20000)
+  ratios, runs = (0.2, 0.5), 8
+  est = mnist.estimate(bernoulli_store(skill, ratios, runs), mnist.Config(ratios=ratios, runs=runs), 20000)
+  # Each half is a mean of len(ratios) x runs/2 Bernoulli draws per example.
+  noise = np.mean(skill * (1 - skill)) / (len(ratios) * runs / 2)
+  truth = skill.var() / (skill.var() + noise)
+  assert est.split_half_r == pytest.approx(truth, abs=0.015)
+  assert est.reliability == pytest.approx(2 * truth / (1 + truth), abs=0.01)
+  k = 400 / runs
+  assert est.reliability_200_runs == pytest.approx(k * truth / (1 + (k - 1) * truth), abs=0.005)
+
+
+def test_the_halves_are_the_even_and_the_odd_runs_in_seed_order():
+  ratios, n = (0.3, 0.6), 50
+  store = bernoulli_store(np.linspace(0, 1, n), ratios, 5, held_out_share=0.5)
+  config = mnist.Config(ratios=ratios, runs=5)
+  est = mnist.estimate(store, config, n)
+  for half, seeds in enumerate(([0, 2, 4], [1, 3])):
+    alone = {key: run for key, run in store.items() if key[1] in seeds}
+    np.testing.assert_array_equal(est.split_half_cscores[half], mnist.estimate(alone, config, n).cscores)
+
+
+def test_split_half_reliability_is_not_available_when_a_ratio_has_no_runs_yet():
+  store = bernoulli_store(np.linspace(0, 1, 30), (0.2,), 4)
+  est = mnist.estimate(store, mnist.Config(ratios=(0.2, 0.5), runs=4), 30)
+  assert np.isnan([est.split_half_r, est.reliability, est.reliability_200_runs]).all()
+
+
+def test_split_half_reliability_is_not_available_with_one_run_at_a_ratio():
+  store = bernoulli_store(np.linspace(0, 1, 30), (0.2, 0.5), 2)
+  del store[0.5, 1]
+  est = mnist.estimate(store, mnist.Config(ratios=(0.2, 0.5), runs=2), 30)
+  assert np.isnan([est.split_half_r, est.reliability, est.reliability_200_runs]).all()
+  assert mnist.reliability_line(est).endswith('not available (it needs at least 2 runs at every ratio)')
