@@ -528,6 +528,20 @@ class EnsembleTrainer:
     return [tf.stack([p[j] for p in params]) if self.per_model else params[0][j].read_value()
             for j in range(len(initial))]
 
+  def warm_up(self, k):
+    """Compiles, ahead of the first group of k models, what it would compile on the way: the
+    epoch (traced for a general number of steps) and the evaluation. The first group then runs
+    at the pace of the others, and the progress bar's rate is right from the start."""
+    params, _, _, epoch_fn = self._state(k)
+    for steps in (1, 2):  # two step counts give the trace that fits every subset size; the
+      # weights they update are set afresh by train()
+      epoch_fn(tf.zeros((k, steps, self.config.batch_size), tf.int32),
+               tf.ones((steps, self.config.batch_size)))
+    weights = [tf.stack([p[j] for p in params]) if self.per_model else params[0][j]
+               for j in range(len(params[0]))]
+    self._predict([w[:min(k, max(1, self.eval_rows // EVAL_CHUNK))] if self.per_model else w
+                   for w in weights], tf.constant(0), tf.constant(1))
+
   def learning_record(self):
     """(hits, p_label), each [K, n] float32, of the last train(): per example, over the epochs,
     how often the model classified it correctly, and its summed probability of the label, each
@@ -1269,6 +1283,9 @@ def proxies_figure(est, images, labels, path, per_row=10):
       art = ax.hexbin(proxy[both], est.cscores[both], gridsize=40, bins='log', cmap='viridis',
                       extent=(0, 1, 0, 1), mincnt=1)
       top.colorbar(art, ax=ax, label='examples (log scale)')
+    else:  # one run: the examples it held out (C-score) are not those it trained on (proxies)
+      ax.text(0.5, 0.5, 'too few runs: no example was both held out\n(a C-score) and trained on (a proxy)',
+              ha='center', va='center', transform=ax.transAxes)
     ax.set(xlabel=title, ylabel='C-score', xlim=(0, 1), ylim=(0, 1))
     ax.set_title(f"Spearman's rho {rho_all:.2f} over {both.sum():,} examples,\n"
                  f"{rho_hard:.2f} over the hardest 10% by C-score", fontsize=10)
@@ -1424,9 +1441,9 @@ def summary_lines(est, runs, config, trained, seconds):
                  f'({more - runs_done} more per ratio)')
     lines.append(reliability_line(est))
     lines.append(hardware_line(runs, config))
-  rate = trained / seconds if seconds > 0 else float('nan')
-  lines.append(f'models trained now: {trained} in {datetime.timedelta(seconds=round(seconds))} '
-               f'({rate:.3f} models/s); models in the estimate: {est.runs.sum()}')
+  rate = f' ({trained / seconds:.3f} models/s)' if trained and seconds > 0 else ''
+  lines.append(f'models trained now: {trained} in {datetime.timedelta(seconds=round(seconds))}'
+               f'{rate}; models in the estimate: {est.runs.sum()}')
   return lines
 
 
@@ -1470,35 +1487,39 @@ def write_outputs(out_dir, images, labels, runs, config, tag=''):
   return est
 
 
+def group_steps(config, n, ratio, k):
+  """The progress steps of a group of k models at `ratio`, in MFLOP (whole numbers, so that
+  they add up exactly): one per epoch, then the evaluation."""
+  train, evaluate = (round(k * flops / 1e6) for flops in model_work(config, n, ratio))
+  epochs = [train // config.epochs] * config.epochs
+  epochs[-1] += train - sum(epochs)
+  return epochs + [evaluate]
+
+
 def train_missing_runs(trainer, store, runs, groups, tag=''):
   """Trains the groups, saving each to the store and `runs` as it finishes, under a progress
   bar; Ctrl-C stops it, keeping what is finished. Returns (models trained, interrupted).
 
   The bar counts work, not models: a model's training FLOPs grow with its ratio (one at 0.9
   costs about 6.5 times one at 0.1, evaluation included), so counting models would make the ETA
-  swing from group to group. Each epoch and each evaluation is a step; the rate is a slowly
-  moving average, so one slow step (the first, which compiles) barely moves the ETA."""
+  swing from group to group. Each epoch and each evaluation is a step, and the rate a moving
+  average over about the last ten of them."""
   config, n = trainer.config, len(trainer.labels)
-  work = {ratio: np.array(model_work(config, n, ratio)) / 1e12 for ratio, _ in groups}  # TFLOP
+  steps = [group_steps(config, n, ratio, len(seeds)) for ratio, seeds in groups]
   models, trained = sum(len(seeds) for _, seeds in groups), 0
-  with tqdm(total=sum(len(seeds) * work[ratio].sum() for ratio, seeds in groups), unit='TFLOP',
-            dynamic_ncols=True, smoothing=0.05,
+  for k in sorted({len(seeds) for _, seeds in groups}):
+    trainer.warm_up(k)  # compile first: the bar then times only the work
+  with tqdm(total=sum(map(sum, steps)), unit_scale=1e-6, dynamic_ncols=True, smoothing=0.1,
             bar_format='{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}]') as bar:
-
-    def step(ratio, k):
-      def progress(i):
-        train, evaluate = work[ratio] * k
-        bar.update(train / config.epochs if i < config.epochs else evaluate)
-      return progress
-
     try:
-      for ratio, seeds in groups:
+      for (ratio, seeds), group_work in zip(groups, steps):
         bar.set_description(f'ratio {ratio:.2f}, {trained}/{models} models done')
-        group = train_run_group(trainer, ratio, seeds, step(ratio, len(seeds)))
+        group = train_run_group(trainer, ratio, seeds, lambda i: bar.update(group_work[i]))
         name = save_runs(store, ratio, seeds, group, config.epochs, trainer.hardware, tag)
         for r, s, run in read_run_file(os.path.join(store, name)):  # as a resume will see them
           runs[ratio_key(r), s] = run
         trained += len(seeds)
+        bar.set_description(f'ratio {ratio:.2f}, {trained}/{models} models done')
     except KeyboardInterrupt:
       return trained, True
   return trained, False

@@ -24,7 +24,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import mnist  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads)
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+with mnist.native_stderr_silenced():  # TensorFlow's start-up lines
+  import tensorflow as tf  # noqa: E402
 
 N, RATIO = 60000, 0.5
 

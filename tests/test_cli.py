@@ -44,6 +44,7 @@ def test_flags_override_the_defaults():
     (['--shard', '2/2'], 'needs 0 <= I < N'),
     (['--shard', '0/0'], 'needs 0 <= I < N'),
     (['--shard=-1/2'], 'expected I/N'),
+    (['--shard', '-1/2'], 'expected one argument'),
     (['--shard', 'a/b'], 'expected I/N'),
     (['--shard', '1/2/3'], 'expected I/N'),
     (['--fresh', '--shard', '0/2'], '--fresh would discard runs'),

@@ -288,6 +288,17 @@ def test_a_runs_record_does_not_depend_on_k(synthetic_data, monkeypatch):
     np.testing.assert_array_equal(array, np.concatenate([getattr(g, field) for g in apart]), err_msg=field)
 
 
+def test_compiling_ahead_does_not_change_a_run(synthetic_data):
+  images, labels = synthetic_data
+  config = mnist.Config(epochs=2)
+  cold = mnist.train_run_group(mnist.EnsembleTrainer(images, labels, config), 0.5, [0, 1])
+  warm_trainer = mnist.EnsembleTrainer(images, labels, config)
+  warm_trainer.warm_up(2)
+  warm = mnist.train_run_group(warm_trainer, 0.5, [0, 1])
+  for field, a, b in zip(cold._fields, cold, warm):
+    np.testing.assert_array_equal(a, b, err_msg=field)
+
+
 def test_the_stacked_layouts_evaluation_equals_the_per_model_one(synthetic_data):
   images, labels = synthetic_data
   config = mnist.Config(epochs=1)
