@@ -134,6 +134,11 @@ class CScoreError(Exception):
   """A problem the user can fix; main() prints it as one line, without a traceback."""
 
 
+def first_line(error):
+  """An exception's message cut to its first line (its type's name if it has none)."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 # ------------------------------------------------------------------------------------------------
 # Data: MNIST's 60,000 training examples, in tensorflow-datasets' order.
 # ------------------------------------------------------------------------------------------------
@@ -192,7 +197,7 @@ def load_mnist(data_dir=None, manual_dir=None):
       with contextlib.redirect_stdout(io.StringIO()):  # tfds' own lines: ours above says it
         builder.download_and_prepare(download_config=config)
     except Exception as e:  # tfds' checksum and download errors: keep their first line
-      raise CScoreError(f'preparing MNIST failed: {str(e).strip().splitlines()[0]}') from e
+      raise CScoreError(f'preparing MNIST failed: {first_line(e)}') from e
   data = tfds.as_numpy(builder.as_dataset(split='train', batch_size=-1, shuffle_files=False))
   images = data['image'].reshape(len(data['image']), -1)
   return images, data['label'].astype(np.int32)
@@ -212,6 +217,14 @@ def data_fingerprint(images, labels):
 
 def subset_size(n, ratio):
   return int(n * ratio)
+
+
+def check_subsets(config, n):
+  """Refuses a ratio whose subset would be empty: int(n r) examples must be at least one."""
+  for ratio in config.ratios:
+    if subset_size(n, ratio) < 1:
+      raise CScoreError(f'--ratios {ratio}: a subset of int({n} x {ratio}) = 0 examples; '
+                        f'use a ratio of at least {1 / n:.2g}')
 
 
 def run_generator(seed, n, ratio):
@@ -370,10 +383,13 @@ def configure_tensorflow():
 
 @functools.cache  # one nvidia-smi call, however many ask
 def gpu_memory_bytes():
-  """Total memory of the first GPU (nvidia-smi), or None."""
+  """Total memory of the first GPU this process sees (nvidia-smi; CUDA_VISIBLE_DEVICES picks
+  it, as in one process per GPU), or None."""
   import subprocess
+  first = os.environ.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0].strip() or '0'
   try:
-    out = subprocess.run(['nvidia-smi', '--query-gpu=memory.total', '--format=csv,noheader,nounits'],
+    out = subprocess.run(['nvidia-smi', '-i', first, '--query-gpu=memory.total',
+                          '--format=csv,noheader,nounits'],
                          capture_output=True, text=True, timeout=10).stdout
     return int(out.split()[0]) * 2**20
   except (OSError, ValueError, IndexError, subprocess.SubprocessError):
@@ -525,22 +541,33 @@ class EnsembleTrainer:
       if on_epoch:
         on_epoch(e)
     self._last_k = k
+    return self._weights(k)
+
+  def _weights(self, k):
+    """The weights of the K models, stacked [K, ...], whichever the layout."""
+    params = self._state(k)[0]
     return [tf.stack([p[j] for p in params]) if self.per_model else params[0][j].read_value()
-            for j in range(len(initial))]
+            for j in range(len(params[0]))]
+
+  def _evaluation_calls(self, k):
+    """(examples, models) per evaluation call. Per-model chains: EVAL_CHUNK examples, a few
+    models at a time, so that a model's result does not depend on K; the stacked layout (a
+    GPU's): all K models, in chunks sized to the memory."""
+    if self.per_model:
+      return EVAL_CHUNK, min(k, max(1, self.eval_rows // EVAL_CHUNK))
+    return max(1000, self.eval_rows // k), k
 
   def warm_up(self, k):
     """Compiles, ahead of the first group of k models, what it would compile on the way: the
     epoch (traced for a general number of steps) and the evaluation. The first group then runs
     at the pace of the others, and the progress bar's rate is right from the start."""
-    params, _, _, epoch_fn = self._state(k)
+    epoch_fn = self._state(k)[3]
     for steps in (1, 2):  # two step counts give the trace that fits every subset size; the
       # weights they update are set afresh by train()
       epoch_fn(tf.zeros((k, steps, self.config.batch_size), tf.int32),
                tf.ones((steps, self.config.batch_size)))
-    weights = [tf.stack([p[j] for p in params]) if self.per_model else params[0][j]
-               for j in range(len(params[0]))]
-    self._predict([w[:min(k, max(1, self.eval_rows // EVAL_CHUNK))] if self.per_model else w
-                   for w in weights], tf.constant(0), tf.constant(1))
+    models = self._evaluation_calls(k)[1]
+    self._predict([w[:models] for w in self._weights(k)], tf.constant(0), tf.constant(1))
 
   def learning_record(self):
     """(hits, p_label), each [K, n] float32, of the last train(): per example, over the epochs,
@@ -561,14 +588,9 @@ class EnsembleTrainer:
     return tf.argmax(logits, -1, output_type=tf.int32) == y[None]
 
   def correct(self, params):
-    """[K, n] bool: which examples each model classifies correctly. Per-model chains go
-    EVAL_CHUNK examples at a time, a few models per call, so that a model's result does not
-    depend on K; the stacked layout (a GPU's) sizes its chunks to the memory instead."""
+    """[K, n] bool: which examples each model classifies correctly."""
     n, k = len(self.labels), int(params[0].shape[0])
-    if self.per_model:
-      chunk, models = EVAL_CHUNK, max(1, self.eval_rows // EVAL_CHUNK)
-    else:
-      chunk, models = max(1000, self.eval_rows // k), k
+    chunk, models = self._evaluation_calls(k)
     return np.concatenate([
         np.concatenate([self._predict([p[m:m + models] for p in params], tf.constant(s),
                                       tf.constant(min(chunk, n - s))).numpy()
@@ -635,11 +657,15 @@ def store_settings(config, fingerprint):
   return s
 
 
+TEMP_PREFIX = '.cscore-tmp-'  # distinctive: --out-dir may be a folder of the user's own
+
+
 @contextlib.contextmanager
 def temporary_file(folder, tag=''):
-  """(file, path) of a new temporary file in folder, named .tmp-<tag>-...: a process clears only
-  the leftovers of its own tag. Written, flushed and synced on leaving; deleted on an error."""
-  fd, tmp = tempfile.mkstemp(dir=folder or '.', prefix=f'.tmp-{tag}-' if tag else '.tmp-')
+  """(file, path) of a new temporary file in folder, named .cscore-tmp-<tag>-...: a process
+  clears only the leftovers of its own tag. Written, flushed and synced on leaving; deleted on
+  an error."""
+  fd, tmp = tempfile.mkstemp(dir=folder or '.', prefix=f'{TEMP_PREFIX}{tag}-' if tag else TEMP_PREFIX)
   try:
     with os.fdopen(fd, 'wb') as f:
       yield f, tmp
@@ -728,11 +754,13 @@ def lock_file(folder, name, exclusive, refusal, stack):
 
 
 @contextlib.contextmanager
-def lock_store(out_dir, shard=None, reader=False):
+def lock_store(out_dir, shard=None, reader=False, existing=False):
   """Creates the store's folder and takes this process's locks on it (see above), so that
   processes that must not share a store refuse at once instead of interleaving runs. `shard` is
-  (I, N); `reader`: --estimate-only or --merge."""
+  (I, N); `reader`: --estimate-only or --merge; `existing`: the store must exist already."""
   path = os.path.join(out_dir, STORE_DIR)
+  if existing and not os.path.isfile(os.path.join(path, SETTINGS_FILE)):
+    raise CScoreError(f'{out_dir} holds no results store ({os.path.join(path, SETTINGS_FILE)} is missing)')
   try:
     os.makedirs(path, exist_ok=True)
     tempfile.TemporaryFile(dir=out_dir).close()  # the outputs go to out_dir itself
@@ -753,25 +781,29 @@ def lock_store(out_dir, shard=None, reader=False):
     if shard is not None:
       i, n = shard
       lock_file(path, f'.lock-shard-{i}-of-{n}', True, f'shard {i}/{n} is already running on {path}', stack)
-      lock_file(path, f'.lock-shards-{n}', False,
-                f'shards of another count are starting on {path}; one N at a time', stack)
-      for other in sorted(os.listdir(path)):
-        if other.startswith('.lock-shards-') and other != f'.lock-shards-{n}':
-          probe = stack.enter_context(open(os.path.join(path, other), 'a+'))
-          if not try_lock(probe, True):
-            raise CScoreError(f'shards of N = {other.rsplit("-", 1)[1]} are running on {path}, and '
-                              f'this is shard {i}/{n}; a store takes shards of one N at a time')
-          unlock(probe)
+      with open(os.path.join(path, '.lock-start'), 'a+') as start:
+        # One starting shard at a time takes its N's lock and probes the other N's: two shards
+        # starting together would otherwise collide on their probes and one refuse wrongly.
+        if fcntl is not None:  # (on Windows the exclusive .lock above admits one process)
+          fcntl.flock(start, fcntl.LOCK_EX)  # held for milliseconds; the OS drops it with its holder
+        lock_file(path, f'.lock-shards-{n}', False, f'shards of another N are starting on {path}', stack)
+        for other in sorted(os.listdir(path)):
+          if other.startswith('.lock-shards-') and other != f'.lock-shards-{n}':
+            with open(os.path.join(path, other), 'a+') as probe:
+              if not try_lock(probe, True):
+                raise CScoreError(f'shards of N = {other.rsplit("-", 1)[1]} are running on {path}, and '
+                                  f'this is shard {i}/{n}; a store takes shards of one N at a time')
     yield
 
 
 def clear_leftovers(out_dir, path, tag):
   """Deletes what killed writes left: every temporary file when this process has the store to
-  itself (tag ''), else only those of its own tag (a restarted shard's)."""
-  prefix = f'.tmp-{tag}-' if tag else '.tmp-'
+  itself (tag ''; in the store also those of older versions, named .tmp-...), else only those
+  of its own tag (a restarted shard's)."""
   for folder in ((path,) if tag else (out_dir, path)):
     for name in os.listdir(folder):
-      if name.startswith(prefix):
+      if (name.startswith(f'{TEMP_PREFIX}{tag}-' if tag else TEMP_PREFIX)
+          or (not tag and folder == path and name.startswith('.tmp-'))):
         with contextlib.suppress(FileNotFoundError):
           os.unlink(os.path.join(folder, name))
 
@@ -783,9 +815,12 @@ def read_settings(path):
       with open(settings_path) as f:
         text = f.read()
       if text or attempt == 2:  # empty: another process is still writing it (no hard links)
-        return json.loads(text)
+        settings = json.loads(text)
+        if not isinstance(settings, dict):
+          raise ValueError(f'not a JSON object but {type(settings).__name__}')
+        return settings
     except (OSError, ValueError) as e:
-      raise CScoreError(f'{settings_path} is unreadable ({e}); use --fresh to start over') from e
+      raise CScoreError(f'{settings_path} is unreadable ({first_line(e)}); fix or delete it, or start over: an unsharded run with --fresh discards the store') from e
     time.sleep(1)
 
 
@@ -799,7 +834,7 @@ def check_settings(path, settings):
                       f'({"; ".join(diffs)}); use them, another --out-dir, or --fresh')
 
 
-def open_store(out_dir, settings, fresh=False, tag='', create=True):
+def open_store(out_dir, settings, fresh=False, tag=''):
   """The store's folder, created or checked against `settings`; `fresh` empties it first.
   tag: '' for a process that has the store to itself, else its own (a shard's)."""
   path = os.path.join(out_dir, STORE_DIR)
@@ -813,9 +848,7 @@ def open_store(out_dir, settings, fresh=False, tag='', create=True):
   if not os.path.exists(settings_path):
     if any(name.startswith('runs-') for name in os.listdir(path)):
       raise CScoreError(f'{path} holds runs but no {SETTINGS_FILE}: their settings are unknown; '
-                        'use --fresh to start over, or another --out-dir')
-    if not create:
-      raise CScoreError(f'{out_dir} holds no results store ({settings_path} is missing)')
+                        'use another --out-dir, or start over: an unsharded run with --fresh discards the store')
     if create_exclusively(settings_path, json.dumps(settings, indent=1), tag):
       return path
   check_settings(path, settings)  # made before, or just now by a process that started with us
@@ -899,15 +932,15 @@ def read_run_file(path):
       raise ValueError('its learning record does not match the runs\' subsets')
   except Exception as e:
     raise CScoreError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
-                      'delete it to retrain its runs, or use --fresh to start over') from e
-  name = os.path.basename(path)
-  return [(ratio, int(s), Run(*record, epochs, hardware, name))
+                      'delete it to retrain its runs (an unsharded run with --fresh discards the whole store)') from e
+  return [(ratio, int(s), Run(*record, epochs, hardware, str(path)))
           for s, *record in zip(seeds, held_out, correct, hits, confidence)]
 
 
 def same_record(a, b):
   """Whether two records of one run agree on all that both hold."""
-  return all(np.array_equal(x, y) for x, y in zip(a[:4], b[:4]) if x is not None and y is not None)
+  return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ('held_out', 'correct', 'hits', 'confidence')
+             if getattr(a, f) is not None and getattr(b, f) is not None)
 
 
 def run_files(store):
@@ -948,7 +981,7 @@ def merge_stores(store, sources, settings, tag=''):
       found = read_run_file(os.path.join(path, name))
       new = [(ratio, seed, run) for ratio, seed, run in found if (ratio_key(ratio), seed) not in have]
       for ratio, seed, run in found:
-        add_run(have, ratio, seed, run._replace(file=os.path.join(path, name)))
+        add_run(have, ratio, seed, run)
       if new:
         write_run_file(store, new[0][0], [seed for _, seed, _ in new], [run for *_, run in new], tag)
         copied += len(new)
@@ -978,14 +1011,20 @@ def command_share(config, shard=None):
           if shard is None or shard_of(ratio, s, shard[1]) == shard[0]]
 
 
+def missing_runs(runs, config, shard=None):
+  """{ratio: [seeds]} of this command's runs (of `shard`, if given) that are not stored."""
+  missing = collections.defaultdict(list)
+  for ratio, s in command_share(config, shard):
+    if (ratio_key(ratio), s) not in runs:
+      missing[ratio].append(s)
+  return dict(missing)
+
+
 def planned_groups(config, done, k, shard=None):
   """The (ratio, seeds) groups still to train (of `shard` = (I, N), if given), round-robin over
   ratios: a run stopped early has runs at every ratio, so its partial scores mean something."""
-  todo = collections.defaultdict(list)
-  for ratio, s in command_share(config, shard):
-    if (ratio_key(ratio), s) not in done:
-      todo[ratio].append(s)
-  per_ratio = [[(ratio, seeds[i:i + k]) for i in range(0, len(seeds), k)] for ratio, seeds in todo.items()]
+  per_ratio = [[(ratio, seeds[i:i + k]) for i in range(0, len(seeds), k)]
+               for ratio, seeds in missing_runs(done, config, shard).items()]
   rounds = max((len(g) for g in per_ratio), default=0)
   return [g[j] for j in range(rounds) for g in per_ratio if j < len(g)]
 
@@ -1063,14 +1102,13 @@ def spearman_brown(r, factor):
   return factor * r / (1 + (factor - 1) * r) if r >= 0 else np.nan
 
 
-def split_half_reliability(found_per_ratio):
+def split_half_reliability(found_per_ratio, n):
   """How reproducible the C-scores are, from the runs themselves. The runs of each ratio are
   split by position in seed order (even / odd), each half gives C-scores, and r is the Pearson
   correlation of the two. The Spearman-Brown formula projects it to the whole estimate, 2r / (1 + r),
   and to 200 runs per ratio (the published scores' size), k r / (1 + (k - 1) r) with
   k = 400 / runs. Returns (r, whole, at 200 runs, half scores [2, n]); NaN (not available) if
   some ratio has fewer than 2 runs."""
-  n = max((len(f[0].held_out) for f in found_per_ratio if f), default=0)
   if min(len(f) for f in found_per_ratio) < 2:
     return np.nan, np.nan, np.nan, np.full((2, n), np.nan)
   halves = np.stack([mean_over_ratios([fraction_correct(*masks(f[half::2]))[0] for f in found_per_ratio])
@@ -1133,7 +1171,7 @@ def estimate(runs, config, n):
     done[j], accuracy[j] = len(held_out), heldout_accuracy(held_out, correct)
   return Estimates(np.array(config.ratios), done, accuracy, per_ratio, counts,
                    mean_over_ratios(per_ratio), standard_error(per_ratio, counts), mem,
-                   mean_over_ratios(mem), *split_half_reliability(found),
+                   mean_over_ratios(mem), *split_half_reliability(found, n),
                    *learning_proxies([r for f in found for r in f], n))
 
 
@@ -1146,6 +1184,12 @@ def pyplot():
   matplotlib.use('Agg')  # files only, no display needed
   import matplotlib.pyplot as plt
   return plt
+
+
+def save_figure(fig, path, **options):
+  """Saves a figure as a PDF atomically (processes may write the outputs at once), closes it."""
+  write_atomically(path, lambda f: fig.savefig(f, format='pdf', **options))
+  pyplot().close(fig)
 
 
 def show_digit(ax, image, title=None):
@@ -1177,8 +1221,7 @@ def examples_figure(images, labels, scores, path, per_side=10):
         show_digit(ax, images[cells[col]])
   axes[0, per_side // 2].set_title('highest C-scores', loc='left', fontsize=9)
   axes[0, per_side + 1 + per_side // 2].set_title('lowest C-scores', loc='left', fontsize=9)
-  fig.savefig(path, bbox_inches='tight')
-  plt.close(fig)
+  save_figure(fig, path, bbox_inches='tight')
 
 
 def hard_examples(scores, count, top=0.5):
@@ -1235,8 +1278,7 @@ def cscores_figure(est, images, labels, path, hard=6):
     sub = fig.add_subplot(cells[k // ((hard + 1) // 2), k % ((hard + 1) // 2)])
     show_digit(sub, images[i])
     sub.set_title(f'#{i}, label {labels[i]}', fontsize=8, color=f'C{k}')
-  fig.savefig(path)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def memorization_figure(est, images, labels, path, rows=3, cols=10):
@@ -1248,8 +1290,7 @@ def memorization_figure(est, images, labels, path, rows=3, cols=10):
   for ax, i in zip(axes.flat, chosen):
     show_digit(ax, images[i], f'#{i} label {labels[i]}\nmem {est.memorization[i]:.2f}')
   fig.suptitle('most memorized: P(correct | trained on it) - P(correct | held out)', fontsize=9)
-  fig.savefig(path, bbox_inches='tight')
-  plt.close(fig)
+  save_figure(fig, path, bbox_inches='tight')
 
 
 PROXIES = (('learning_speed', 'learning speed: epochs classified right / epochs'),
@@ -1300,8 +1341,237 @@ def proxies_figure(est, images, labels, path, per_row=10):
           show_digit(ax, images[i], f'#{i} label {labels[i]}\nC {est.cscores[i]:.2f}, '
                                     f'{key.split("_")[1]} {proxy[i]:.2f}')
   fig.suptitle('Learning proxies against the C-score, from the same runs', fontsize=11)
-  fig.savefig(path)
-  plt.close(fig)
+  save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs and summaries: the files written from the stored runs, and what the command prints
+# ------------------------------------------------------------------------------------------------
+
+OUTPUTS = dict(scores='cscores.npy', details='cscores-details.npz', examples='mnist-examples.pdf',
+               overview='mnist-cscores.pdf', memorized='mnist-memorized.pdf',
+               proxies='mnist-proxies.pdf')
+
+
+OUTPUT_NOTES = dict(
+    scores='the C-score of each training example, float32 [60000], in tfds train order',
+    details='per-ratio scores, standard errors, split-half reliability, memorization, learning proxies',
+    examples="per digit, the 10 highest- and 10 lowest-scored examples",
+    overview='C-score histogram, learning curve, C-score per class, hard examples by ratio',
+    memorized='the 30 most memorized examples',
+    proxies='the learning proxies against the C-score')
+
+
+def write_outputs(out_dir, images, labels, runs, config, tag=''):
+  """Estimates from the stored runs, written as the output files; returns them."""
+  est = estimate(runs, config, len(labels))
+  path = {k: os.path.join(out_dir, name) for k, name in OUTPUTS.items()}
+  write_atomically(path['scores'], lambda f: np.save(f, est.cscores.astype(np.float32)), tag)
+  write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est)), tag)
+  if not np.isnan(est.cscores).all():
+    examples_figure(images, labels, est.cscores, path['examples'])
+    cscores_figure(est, images, labels, path['overview'])
+    memorization_figure(est, images, labels, path['memorized'])
+    proxies_figure(est, images, labels, path['proxies'])
+  return est
+
+
+def reliability_line(est):
+  if np.isnan(est.reliability):
+    return 'split-half reliability: not available (it needs at least 2 runs at every ratio)'
+  return (f'split-half reliability: r = {est.split_half_r:.3f} between the even and the odd runs; '
+          f'the whole estimate {est.reliability:.3f}; 200 runs per ratio would reach '
+          f'{est.reliability_200_runs:.3f}')
+
+
+def hardware_line(runs, config):
+  """Which devices and matmul precisions trained the runs in the estimate."""
+  kinds = collections.Counter(r.hardware for ratio in config.ratios
+                              for r in command_runs(runs, config, ratio))
+  listed = ', '.join(f'{count} on {device} ({matmul})' for (device, matmul), count in kinds.most_common())
+  return f'runs in the estimate trained {"on mixed hardware: " if len(kinds) > 1 else ""}{listed}'
+
+
+def summary_lines(est, runs, config, trained, seconds):
+  lines = ['held-out accuracy per ratio (runs done):']
+  lines += [f'  {r:.2f}: {acc:.4f} ({k})' for r, k, acc in zip(est.ratios, est.runs, est.heldout_accuracy)]
+  scores, se = est.cscores, est.standard_error
+  valid = scores[~np.isnan(scores)]
+  lines.append(f'C-scores: {len(valid)} examples scored, {int(np.isnan(scores).sum())} never held out; '
+               f'{(valid < 0.5).sum()} below 0.5, {(valid < 0.1).sum()} below 0.1')
+  if len(valid):
+    runs_done = int(est.runs.max())
+    more = runs_to_halve_standard_error(est)
+    lines.append(f'standard error: median {np.nanmedian(se):.4f}, 95th percentile '
+                 f'{np.nanpercentile(se, 95):.4f}; --runs {more} would halve the median '
+                 f'({more - runs_done} more per ratio)')
+    lines.append(reliability_line(est))
+    lines.append(hardware_line(runs, config))
+  rate = f' ({trained / seconds:.3f} models/s)' if trained and seconds > 0 else ''
+  lines.append(f'models trained now: {trained} in {datetime.timedelta(seconds=round(seconds))}'
+               f'{rate}; models in the estimate: {est.runs.sum()}')
+  return lines
+
+
+def seed_ranges(seeds):
+  """'0-3, 7, 9-10' for [0, 1, 2, 3, 7, 9, 10]."""
+  spans = []
+  for s in seeds:
+    if spans and s == spans[-1][1] + 1:
+      spans[-1][1] = s
+    else:
+      spans.append([s, s])
+  return ', '.join(f'{a}-{b}' if b > a else f'{a}' for a, b in spans)
+
+
+def missing_line(runs, config):
+  """The command's runs not stored yet, per ratio as seed ranges; None if there are none."""
+  missing = missing_runs(runs, config)
+  total = len(config.ratios) * config.runs
+  if not missing:
+    return None
+  count = sum(len(s) for s in missing.values())
+  return (f'missing: {count} of the command\'s {total} runs are not stored yet ('
+          + '; '.join(f'ratio {r:.2f}: seeds {seed_ranges(s)}' for r, s in missing.items()) + ')')
+
+
+def shard_lines(runs, config, shard, trained):
+  """A shard's summary: its own runs done and left, and the whole command's."""
+  i, n = shard
+  share = len(command_share(config, shard))
+  left = sum(len(s) for s in missing_runs(runs, config, shard).values())
+  total = len(config.ratios) * config.runs
+  stored = total - sum(len(s) for s in missing_runs(runs, config).values())
+  return [f'shard {i}/{n}: {trained} runs trained now; {share - left} of its {share} runs stored, '
+          f'{left} left{" (run the same command again to train them)" if left else ""}',
+          f'the command\'s runs stored by all shards: {stored} of {total}; when all are, the same '
+          f'command with --estimate-only in place of --shard {i}/{n} writes the outputs']
+
+
+def written_lines(out_dir, est):
+  """The files written, each with its full path, and which to open first."""
+  figures = not np.isnan(est.cscores).all()
+  paths = {k: os.path.abspath(os.path.join(out_dir, name)) for k, name in OUTPUTS.items()
+           if figures or not name.endswith('.pdf')}
+  width = max(map(len, paths.values()))
+  lines = ['wrote:'] + [f'  {path:<{width}}  {OUTPUT_NOTES[k]}' for k, path in paths.items()]
+  if figures:
+    lines.append(f'open first: {paths["examples"]}, the most typical and the most unusual digits')
+  return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# Running the command: train what is missing under a progress bar, then write the outputs
+# ------------------------------------------------------------------------------------------------
+
+def group_steps(config, n, ratio, k):
+  """The progress steps of a group of k models at `ratio`, in MFLOP (whole numbers, so that
+  they add up exactly): one per epoch, then the evaluation."""
+  train, evaluate = (round(k * flops / 1e6) for flops in model_work(config, n, ratio))
+  epochs = [train // config.epochs] * config.epochs
+  epochs[-1] += train - sum(epochs)
+  return epochs + [evaluate]
+
+
+def train_missing_runs(trainer, store, runs, groups, tag=''):
+  """Trains the groups, saving each to the store and `runs` as it finishes, under a progress
+  bar; Ctrl-C stops it, keeping what is finished. Returns (models trained, interrupted).
+
+  The bar counts work, not models: a model's training FLOPs grow with its ratio (one at 0.9
+  costs about 6.5 times one at 0.1, evaluation included), so counting models would make the ETA
+  swing from group to group. Each epoch and each evaluation is a step, and the rate a moving
+  average over about the last ten of them."""
+  config, n = trainer.config, len(trainer.labels)
+  steps = [group_steps(config, n, ratio, len(seeds)) for ratio, seeds in groups]
+  models, trained = sum(len(seeds) for _, seeds in groups), 0
+  for k in sorted({len(seeds) for _, seeds in groups}):
+    trainer.warm_up(k)  # compile first: the bar then times only the work
+  with tqdm(total=sum(map(sum, steps)), unit_scale=1e-6, dynamic_ncols=True, smoothing=0.1,
+            bar_format='{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}]') as bar:
+    try:
+      for (ratio, seeds), group_work in zip(groups, steps):
+        bar.set_description(f'ratio {ratio:.2f}, {trained}/{models} models done')
+        group = train_run_group(trainer, ratio, seeds, lambda i: bar.update(group_work[i]))
+        name = save_runs(store, ratio, seeds, group, config.epochs, trainer.hardware, tag)
+        for r, s, run in read_run_file(os.path.join(store, name)):  # as a resume will see them
+          runs[ratio_key(r), s] = run
+        trained += len(seeds)
+        bar.set_description(f'ratio {ratio:.2f}, {trained}/{models} models done')
+    except KeyboardInterrupt:
+      return trained, True
+  return trained, False
+
+
+def cpu_name():
+  with contextlib.suppress(OSError):
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  return platform.processor() or platform.machine()
+
+
+def device_description(config):
+  """Where the models train, for the line that opens a run."""
+  if accelerators():
+    memory = gpu_memory_bytes()
+    where = f'{device_kind()}' + (f' ({memory / 2**30:.0f} GB)' if memory else '')
+  else:
+    where = f'the CPU ({cpu_name()}, {cpu_cores()} cores)'
+  return f'{where}, {config.precision} ({matmul_precision(config)} matmuls)'
+
+
+INTERRUPTED = 'interrupted: finished runs are kept in the store; run the same command again to resume'
+
+
+def process_tag(args):
+  """The temporary-file tag of this process: '' when it has the store to itself, a shard's own
+  (a restart clears its leftovers), or one unique to this process (--estimate-only, --merge)."""
+  if args.shard:
+    return f'shard-{args.shard[0]}-of-{args.shard[1]}'
+  if args.estimate_only or args.merge:
+    return f'{socket.gethostname()}-{os.getpid()}'
+  return ''
+
+
+def stored_runs(args, config, images, labels):
+  """The store in --out-dir, created or checked (and merged into, with --merge), and its runs."""
+  settings = store_settings(config, data_fingerprint(images, labels))
+  store = open_store(args.out_dir, settings, fresh=args.fresh, tag=process_tag(args))
+  if args.merge:
+    print(f'merged {merge_stores(store, args.merge, settings, process_tag(args))} runs into {store}')
+  return store, load_runs(store)
+
+
+def train_share(args, config, images, labels, store, runs):
+  """Trains the command's runs (its shard's, with --shard) that the store lacks; returns
+  (models trained, interrupted). --estimate-only and --merge train nothing."""
+  if args.estimate_only or args.merge:
+    return 0, False
+  check_subsets(config, len(labels))
+  k = min(config.models_at_once, config.runs) or default_models_at_once(config.runs, config)
+  groups = planned_groups(config, runs, k, args.shard)
+  todo, planned = sum(len(seeds) for _, seeds in groups), len(command_share(config, args.shard))
+  whose = f"shard {args.shard[0]}/{args.shard[1]}'s share of " if args.shard else ''
+  print(f'{len(labels)} examples; {whose}{len(config.ratios)} ratios x {config.runs} runs: '
+        f'{planned - todo} done, {todo} to train, {k} at a time on {device_description(config)}')
+  return train_missing_runs(EnsembleTrainer(images, labels, config), store, runs, groups,
+                            process_tag(args))
+
+
+def write_outputs_and_summarize(args, config, images, labels, store, runs, trained, seconds, interrupted):
+  """Writes the outputs from the stored runs the command names; returns the summary's lines.
+  With none stored that is an error, unless Ctrl-C stopped the very first group."""
+  if not any(command_runs(runs, config, r) for r in config.ratios):
+    if interrupted:
+      return []
+    raise CScoreError(f'{store} holds none of the runs this command names ({len(config.ratios)} '
+                      f'ratios x seeds {seed_ranges(run_seeds(config))}); '
+                      'train them first, or check --runs, --ratios and --seed')
+  est = write_outputs(args.out_dir, images, labels, runs, config, process_tag(args))
+  missing = missing_line(runs, config)
+  return (summary_lines(est, runs, config, trained, seconds) + ([missing] if missing else [])
+          + written_lines(args.out_dir, est))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1410,238 +1680,12 @@ def parse_args(argv=None):
   return config, args
 
 
-def reliability_line(est):
-  if np.isnan(est.reliability):
-    return 'split-half reliability: not available (it needs at least 2 runs at every ratio)'
-  return (f'split-half reliability: r = {est.split_half_r:.3f} between the even and the odd runs; '
-          f'the whole estimate {est.reliability:.3f}; 200 runs per ratio would reach '
-          f'{est.reliability_200_runs:.3f}')
-
-
-def hardware_line(runs, config):
-  """Which devices and matmul precisions trained the runs in the estimate."""
-  kinds = collections.Counter(r.hardware for ratio in config.ratios
-                              for r in command_runs(runs, config, ratio))
-  listed = ', '.join(f'{count} on {device} ({matmul})' for (device, matmul), count in kinds.most_common())
-  return f'runs in the estimate trained {"on mixed hardware: " if len(kinds) > 1 else ""}{listed}'
-
-
-def summary_lines(est, runs, config, trained, seconds):
-  lines = ['held-out accuracy per ratio (runs done):']
-  lines += [f'  {r:.2f}: {acc:.4f} ({k})' for r, k, acc in zip(est.ratios, est.runs, est.heldout_accuracy)]
-  scores, se = est.cscores, est.standard_error
-  valid = scores[~np.isnan(scores)]
-  lines.append(f'C-scores: {len(valid)} examples scored, {int(np.isnan(scores).sum())} never held out; '
-               f'{(valid < 0.5).sum()} below 0.5, {(valid < 0.1).sum()} below 0.1')
-  if len(valid):
-    runs_done = int(est.runs.max())
-    more = runs_to_halve_standard_error(est)
-    lines.append(f'standard error: median {np.nanmedian(se):.4f}, 95th percentile '
-                 f'{np.nanpercentile(se, 95):.4f}; --runs {more} would halve the median '
-                 f'({more - runs_done} more per ratio)')
-    lines.append(reliability_line(est))
-    lines.append(hardware_line(runs, config))
-  rate = f' ({trained / seconds:.3f} models/s)' if trained and seconds > 0 else ''
-  lines.append(f'models trained now: {trained} in {datetime.timedelta(seconds=round(seconds))}'
-               f'{rate}; models in the estimate: {est.runs.sum()}')
-  return lines
-
-
-OUTPUTS = dict(scores='cscores.npy', details='cscores-details.npz', examples='mnist-examples.pdf',
-               overview='mnist-cscores.pdf', memorized='mnist-memorized.pdf',
-               proxies='mnist-proxies.pdf')
-
-
-OUTPUT_NOTES = dict(
-    scores='the C-score of each training example, float32 [60000], in tfds train order',
-    details='per-ratio scores, standard errors, split-half reliability, memorization, learning proxies',
-    examples="per digit, the 10 highest- and 10 lowest-scored examples",
-    overview='C-score histogram, learning curve, C-score per class, hard examples by ratio',
-    memorized='the 30 most memorized examples',
-    proxies='the learning proxies against the C-score')
-
-
-def written_lines(out_dir, est):
-  """The files written, each with its full path, and which to open first."""
-  figures = not np.isnan(est.cscores).all()
-  paths = {k: os.path.abspath(os.path.join(out_dir, name)) for k, name in OUTPUTS.items()
-           if figures or not name.endswith('.pdf')}
-  width = max(map(len, paths.values()))
-  lines = ['wrote:'] + [f'  {path:<{width}}  {OUTPUT_NOTES[k]}' for k, path in paths.items()]
-  if figures:
-    lines.append(f'open first: {paths["examples"]}, the most typical and the most unusual digits')
-  return lines
-
-
-def write_outputs(out_dir, images, labels, runs, config, tag=''):
-  """Estimates from the stored runs, written as the output files; returns them."""
-  est = estimate(runs, config, len(labels))
-  path = {k: os.path.join(out_dir, name) for k, name in OUTPUTS.items()}
-  write_atomically(path['scores'], lambda f: np.save(f, est.cscores.astype(np.float32)), tag)
-  write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est)), tag)
-  if not np.isnan(est.cscores).all():
-    examples_figure(images, labels, est.cscores, path['examples'])
-    cscores_figure(est, images, labels, path['overview'])
-    memorization_figure(est, images, labels, path['memorized'])
-    proxies_figure(est, images, labels, path['proxies'])
-  return est
-
-
-def group_steps(config, n, ratio, k):
-  """The progress steps of a group of k models at `ratio`, in MFLOP (whole numbers, so that
-  they add up exactly): one per epoch, then the evaluation."""
-  train, evaluate = (round(k * flops / 1e6) for flops in model_work(config, n, ratio))
-  epochs = [train // config.epochs] * config.epochs
-  epochs[-1] += train - sum(epochs)
-  return epochs + [evaluate]
-
-
-def train_missing_runs(trainer, store, runs, groups, tag=''):
-  """Trains the groups, saving each to the store and `runs` as it finishes, under a progress
-  bar; Ctrl-C stops it, keeping what is finished. Returns (models trained, interrupted).
-
-  The bar counts work, not models: a model's training FLOPs grow with its ratio (one at 0.9
-  costs about 6.5 times one at 0.1, evaluation included), so counting models would make the ETA
-  swing from group to group. Each epoch and each evaluation is a step, and the rate a moving
-  average over about the last ten of them."""
-  config, n = trainer.config, len(trainer.labels)
-  steps = [group_steps(config, n, ratio, len(seeds)) for ratio, seeds in groups]
-  models, trained = sum(len(seeds) for _, seeds in groups), 0
-  for k in sorted({len(seeds) for _, seeds in groups}):
-    trainer.warm_up(k)  # compile first: the bar then times only the work
-  with tqdm(total=sum(map(sum, steps)), unit_scale=1e-6, dynamic_ncols=True, smoothing=0.1,
-            bar_format='{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}]') as bar:
-    try:
-      for (ratio, seeds), group_work in zip(groups, steps):
-        bar.set_description(f'ratio {ratio:.2f}, {trained}/{models} models done')
-        group = train_run_group(trainer, ratio, seeds, lambda i: bar.update(group_work[i]))
-        name = save_runs(store, ratio, seeds, group, config.epochs, trainer.hardware, tag)
-        for r, s, run in read_run_file(os.path.join(store, name)):  # as a resume will see them
-          runs[ratio_key(r), s] = run
-        trained += len(seeds)
-        bar.set_description(f'ratio {ratio:.2f}, {trained}/{models} models done')
-    except KeyboardInterrupt:
-      return trained, True
-  return trained, False
-
-
-def cpu_name():
-  with contextlib.suppress(OSError):
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  return platform.processor() or platform.machine()
-
-
-def device_description(config):
-  """Where the models train, for the line that opens a run."""
-  if accelerators():
-    memory = gpu_memory_bytes()
-    where = f'{device_kind()}' + (f' ({memory / 2**30:.0f} GB)' if memory else '')
-  else:
-    where = f'the CPU ({cpu_name()}, {cpu_cores()} cores)'
-  return f'{where}, {config.precision} ({matmul_precision(config)} matmuls)'
-
-
-def seed_ranges(seeds):
-  """'0-3, 7, 9-10' for [0, 1, 2, 3, 7, 9, 10]."""
-  spans = []
-  for s in seeds:
-    if spans and s == spans[-1][1] + 1:
-      spans[-1][1] = s
-    else:
-      spans.append([s, s])
-  return ', '.join(f'{a}-{b}' if b > a else f'{a}' for a, b in spans)
-
-
-def missing_runs(runs, config, shard=None):
-  """{ratio: [seeds]} of this command's runs (of `shard`, if given) that are not stored."""
-  return dict(planned_groups(config, runs, config.runs, shard))
-
-
-def missing_line(runs, config):
-  """The command's runs not stored yet, per ratio as seed ranges; None if there are none."""
-  missing = missing_runs(runs, config)
-  total = len(config.ratios) * config.runs
-  if not missing:
-    return None
-  count = sum(len(s) for s in missing.values())
-  return (f'missing: {count} of the command\'s {total} runs are not stored yet ('
-          + '; '.join(f'ratio {r:.2f}: seeds {seed_ranges(s)}' for r, s in missing.items()) + ')')
-
-
-def shard_lines(runs, config, shard, trained):
-  """A shard's summary: its own runs done and left, and the whole command's."""
-  i, n = shard
-  share = len(command_share(config, shard))
-  left = sum(len(s) for s in missing_runs(runs, config, shard).values())
-  total = len(config.ratios) * config.runs
-  stored = total - sum(len(s) for s in missing_runs(runs, config).values())
-  return [f'shard {i}/{n}: {trained} runs trained now; {share - left} of its {share} runs stored, '
-          f'{left} left{" (run the same command again to train them)" if left else ""}',
-          f'the command\'s runs stored by all shards: {stored} of {total}; when all are, the same '
-          f'command with --estimate-only in place of --shard {i}/{n} writes the outputs']
-
-
-INTERRUPTED = 'interrupted: finished runs are kept in the store; run the same command again to resume'
-
-
-def process_tag(args):
-  """The temporary-file tag of this process: '' when it has the store to itself, a shard's own
-  (a restart clears its leftovers), or one unique to this process (--estimate-only, --merge)."""
-  if args.shard:
-    return f'shard-{args.shard[0]}-of-{args.shard[1]}'
-  if args.estimate_only or args.merge:
-    return f'{socket.gethostname()}-{os.getpid()}'
-  return ''
-
-
-def stored_runs(args, config, images, labels):
-  """The store in --out-dir, created or checked (and merged into, with --merge), and its runs."""
-  settings = store_settings(config, data_fingerprint(images, labels))
-  store = open_store(args.out_dir, settings, fresh=args.fresh, tag=process_tag(args),
-                     create=not args.estimate_only or bool(args.merge))
-  if args.merge:
-    print(f'merged {merge_stores(store, args.merge, settings, process_tag(args))} runs into {store}')
-  return store, load_runs(store)
-
-
-def train_share(args, config, images, labels, store, runs):
-  """Trains the command's runs (its shard's, with --shard) that the store lacks; returns
-  (models trained, interrupted). --estimate-only and --merge train nothing."""
-  if args.estimate_only or args.merge:
-    return 0, False
-  k = min(config.models_at_once, config.runs) or default_models_at_once(config.runs, config)
-  groups = planned_groups(config, runs, k, args.shard)
-  todo, planned = sum(len(seeds) for _, seeds in groups), len(command_share(config, args.shard))
-  whose = f"shard {args.shard[0]}/{args.shard[1]}'s share of " if args.shard else ''
-  print(f'{len(labels)} examples; {whose}{len(config.ratios)} ratios x {config.runs} runs: '
-        f'{planned - todo} done, {todo} to train, {k} at a time on {device_description(config)}')
-  return train_missing_runs(EnsembleTrainer(images, labels, config), store, runs, groups,
-                            process_tag(args))
-
-
-def written_outputs(args, config, images, labels, store, runs, trained, seconds, interrupted):
-  """Writes the outputs from the stored runs the command names; returns the summary's lines.
-  With none stored that is an error, unless Ctrl-C stopped the very first group."""
-  if not any(command_runs(runs, config, r) for r in config.ratios):
-    if interrupted:
-      return []
-    raise CScoreError(f'{store} holds none of the runs this command names ({len(config.ratios)} '
-                      f'ratios x seeds {seed_ranges(run_seeds(config))}); '
-                      'train them first, or check --runs, --ratios and --seed')
-  est = write_outputs(args.out_dir, images, labels, runs, config, process_tag(args))
-  missing = missing_line(runs, config)
-  return (summary_lines(est, runs, config, trained, seconds) + ([missing] if missing else [])
-          + written_lines(args.out_dir, est))
-
-
 def main(argv=None):
   config, args = parse_args(argv)
   start = time.perf_counter()
   try:
-    with lock_store(args.out_dir, args.shard, reader=bool(args.estimate_only or args.merge)):
+    with lock_store(args.out_dir, args.shard, reader=bool(args.estimate_only or args.merge),
+                    existing=args.estimate_only and not args.merge):
       configure_tensorflow()  # after the lock: a refused process answers at once
       images, labels = load_mnist(args.data_dir, args.manual_dir)
       store, runs = stored_runs(args, config, images, labels)
@@ -1649,8 +1693,11 @@ def main(argv=None):
       if args.shard:  # a shard's own summary, with the runs the other shards stored meanwhile
         lines = shard_lines(load_runs(store), config, args.shard, trained)
       else:
-        lines = written_outputs(args, config, images, labels, store, runs, trained,
+        lines = write_outputs_and_summarize(args, config, images, labels, store, runs, trained,
                                 time.perf_counter() - start, interrupted)
+  except KeyboardInterrupt:
+    print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)
+    return 130
   except (CScoreError, OSError) as e:
     print(f'mnist.py: error: {e}', file=sys.stderr)
     return 1
@@ -1658,9 +1705,6 @@ def main(argv=None):
     print('mnist.py: error: out of memory; use a smaller --models-at-once or --batch-size',
           file=sys.stderr)
     return 1
-  except KeyboardInterrupt:
-    print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)
-    return 130
   for line in lines:
     print(line)
   if interrupted:

@@ -9,7 +9,8 @@ commit and checked against their md5, into Keras' cache (~/.keras/datasets); off
 with --reference PATH.
 
 It prints one block: Pearson's r; Spearman's rho (average ranks for ties) over all examples and
-over the hard ones (published < 0.99, where the ranking matters: 97% of the mass sits near 1);
+over the hard ones (published < 0.99, where the ranking matters: 87% of the examples score
+0.99 or more, and there the order is mostly noise);
 the overlap of the 1,000 lowest-scored examples (ties broken by example index); both means; how
 many of ours are NaN (never held out: left out, counted).
 
@@ -46,8 +47,7 @@ def download_reference():
     return keras.utils.get_file('mnist-cscores-021c363.npy', REFERENCE_URL, file_hash=REFERENCE_MD5,
                                 hash_algorithm='md5', cache_dir=CACHE_DIR)
   except Exception as e:  # offline, or a download that fails its checksum
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise mnist.CScoreError(f'cannot download the published scores ({reason}); offline, pass '
+    raise mnist.CScoreError(f'cannot download the published scores ({mnist.first_line(e)}); offline, pass '
                             '--reference PATH, a copy of mnist-cscores.npy from '
                             'github.com/pluskid/structural-regularity') from e
 
@@ -56,8 +56,8 @@ def load_scores(path, what):
   """A float [n] array from a .npy file, or a one-line error naming the file."""
   try:
     scores = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as e:
-    reason = 'no such file' if isinstance(e, FileNotFoundError) else (str(e).splitlines() or ['empty'])[0]
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    reason = 'no such file' if isinstance(e, FileNotFoundError) else mnist.first_line(e)
     raise mnist.CScoreError(f'{what} {path}: {reason}') from e
   if not isinstance(scores, np.ndarray):  # an .npz, such as cscores-details.npz
     scores.close()
@@ -102,8 +102,8 @@ def reliabilities(scores_path):
       ours, ref = float(d['reliability']), float(d['reliability_200_runs'])
   except KeyError:
     return None, f'{details} predates split-half reliability; rerun mnist.py to rewrite it'
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise mnist.CScoreError(f'{details}: {(str(e).splitlines() or ["empty"])[0]}') from e
+  except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
+    raise mnist.CScoreError(f'{details}: {mnist.first_line(e)}') from e
   if np.isnan(ours):
     return None, 'split-half reliability needs at least 2 runs at every ratio'
   return (ours, ref), None

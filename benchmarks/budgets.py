@@ -64,9 +64,14 @@ def rho(a, b, where):
 
 
 def compare(details, reference):
-  """{score name: (rho all, rho hard, count all, count hard, rho all common, rho hard common)}."""
-  with np.load(details, allow_pickle=False) as d:
-    scores = {name: d[key] for name, key in SCORES}
+  """{score name: (rho all, rho hard, count all, count hard, rho all common, rho hard common)},
+  count common, count common hard."""
+  try:
+    with np.load(details, allow_pickle=False) as d:
+      scores = {name: d[key] for name, key in SCORES}
+  except (OSError, KeyError, ValueError) as e:
+    raise mnist.CScoreError(f'{details}: {mnist.first_line(e)}; rerun its mnist.py command, or '
+                            'delete its folder to start that budget over') from e
   hard = reference < agreement.HARD
   common = np.logical_and.reduce([~np.isnan(s) for s in scores.values()])
   out = {}
@@ -77,40 +82,57 @@ def compare(details, reference):
   return out, int(common.sum()), int((common & hard).sum())
 
 
+def wall_time(seconds):
+  minutes, seconds = divmod(round(seconds), 60)
+  return f'{minutes} min {seconds} s' if minutes else f'{seconds} s'
+
+
 def table(rows):
-  lines = ['| budget | models | wall time | ' + ' | '.join(f'{name}: rho all / hard (examples)' for name, _ in SCORES)
-           + ' | on the common set: ' + ' / '.join(name for name, _ in SCORES) + ' |',
-           '|---|---|---|' + '---|' * len(SCORES) + '---|']
+  """The README's table: per score, rho all / hard (examples; hard ones)."""
+  lines = ['| budget | models | wall time | ' + ' | '.join(f'{name}: rho all / hard (examples; hard ones)' for name, _ in SCORES)
+           + ' | on the examples all three cover: ' + ' / '.join(name for name, _ in SCORES) + ' (examples) |',
+           '| --- ' * (4 + len(SCORES)) + '|']
   for models, seconds, (result, common, common_hard) in rows:
-    cells = [f'{r[0]:.2f} / {r[1]:.2f} ({r[2]:,} / {r[3]:,})' for r in (result[name] for name, _ in SCORES)]
-    shared = (' ; '.join(f'{result[name][4]:.2f} / {result[name][5]:.2f}' for name, _ in SCORES)
-              if common else 'none: no example is both held out and trained on')
-    minutes, secs = divmod(round(seconds), 60)
-    lines.append(f'| {BUDGETS[models][0]} | {models} | {minutes} min {secs:02d} s | ' + ' | '.join(cells)
-                 + f' | {shared} ({common:,} / {common_hard:,}) |')
+    cells = [f'{r[0]:.2f} / {r[1]:.2f} ({r[2]:,}; {r[3]:,})' for r in (result[name] for name, _ in SCORES)]
+    shared = (', '.join(f'{result[name][4]:.2f} / {result[name][5]:.2f}' for name, _ in SCORES)
+              + f' ({common:,}; {common_hard:,})' if common
+              else "none: one run's held-out and trained examples differ")
+    lines.append(f'| {BUDGETS[models][0]} | {models} | {wall_time(seconds)} | ' + ' | '.join(cells) + f' | {shared} |')
   return '\n'.join(lines)
 
 
+def parse_budgets(text):
+  try:
+    budgets = [int(b) for b in text.split(',')]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'not a comma-separated list of whole numbers: {text!r}')
+  if unknown := [b for b in budgets if b not in BUDGETS]:
+    raise argparse.ArgumentTypeError(f'unknown budget {unknown[0]}: one of {", ".join(map(str, BUDGETS))}')
+  return budgets
+
+
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = mnist.OneLineErrorParser(prog='budgets.py', description=__doc__.splitlines()[0])
   p.add_argument('--root', required=True, type=pathlib.Path, help='a folder for the out-dirs')
-  p.add_argument('--budgets', default='1,4,9,36,144,576',
-                 help=f'comma-separated, out of {", ".join(map(str, BUDGETS))}')
+  p.add_argument('--budgets', type=parse_budgets, default=[1, 4, 9, 36, 144, 576],
+                 help=f'models, comma-separated, out of {", ".join(map(str, BUDGETS))} (default: 1,4,9,36,144,576)')
   p.add_argument('--reference', help='the published mnist-cscores.npy (default: download it)')
   p.add_argument('--manual-dir', help="passed to mnist.py")
   p.add_argument('--data-dir', help="passed to mnist.py")
   args = p.parse_args()
-  budgets = [int(b) for b in args.budgets.split(',')]
-  if unknown := [b for b in budgets if b not in BUDGETS]:
-    p.error(f'unknown budget {unknown[0]}: one of {", ".join(map(str, BUDGETS))}')
   extra = [x for flag, value in (('--manual-dir', args.manual_dir), ('--data-dir', args.data_dir))
            if value for x in (flag, value)]
-  reference = agreement.load_scores(args.reference or agreement.download_reference(), 'published scores')
-  rows = []
-  for models in budgets:
-    out_dir = args.root / f'{models}-models'
-    record = run_budget(models, out_dir, extra)
-    rows.append((models, record['seconds'], compare(out_dir / mnist.OUTPUTS['details'], reference)))
+  try:
+    reference = agreement.load_scores(args.reference or agreement.download_reference(), 'published scores')
+    rows = []
+    for models in args.budgets:
+      out_dir = args.root / f'{models}-models'
+      record = run_budget(models, out_dir, extra)
+      rows.append((models, record['seconds'], compare(out_dir / mnist.OUTPUTS['details'], reference)))
+  except mnist.CScoreError as e:
+    sys.exit(f'budgets.py: error: {e}')
+  except subprocess.CalledProcessError as e:
+    sys.exit(f'budgets.py: error: {" ".join(e.cmd[1:])} failed (exit {e.returncode}); its own message is above')
   print(table(rows))
 
 

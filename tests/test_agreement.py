@@ -108,6 +108,7 @@ def test_offline_without_reference_is_one_line_naming_reference(tmp_path, capsys
     (np.arange(5), 'expected a 1-D float array'),
     (np.zeros(7), 'not the same data set'),
     (b'', 'No data left in file'),
+    (b'PK\x03\x04 not a zip', 'File is not a zip file'),
     ({'cscores': np.zeros(5000)}, 'an .npz archive'),
 ])
 def test_a_missing_or_malformed_file_is_one_line_and_exit_1(tmp_path, capsys, content, says):

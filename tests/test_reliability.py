@@ -64,10 +64,14 @@ def test_killed_run_resumes_losing_at_most_the_group_in_flight_and_ends_identica
 def test_a_write_cut_short_by_a_kill_leaves_only_a_temporary_file_that_resume_clears(
     tiny_run, mnist_data_dir, tmp_path):
   shutil.copytree(tiny_run[0] / mnist.STORE_DIR, tmp_path / mnist.STORE_DIR)
-  half_written = tmp_path / mnist.STORE_DIR / '.tmp-killed'
+  half_written = tmp_path / mnist.STORE_DIR / f'{mnist.TEMP_PREFIX}killed'
   half_written.write_bytes(b'PK\x03\x04 half a zip')
+  older = tmp_path / mnist.STORE_DIR / '.tmp-killed'  # as an older version named them
+  older.write_bytes(b'PK\x03\x04 half a zip')
+  users = tmp_path / '.tmp-notes'  # --out-dir may hold files of the user's own
+  users.write_text('mine')
   assert mnist.main(tiny_argv(mnist_data_dir, tmp_path)) == 0
-  assert not half_written.exists()
+  assert not half_written.exists() and not older.exists() and users.exists()
   np.testing.assert_array_equal(np.load(tmp_path / 'cscores.npy'),
                                 np.load(tiny_run[0] / 'cscores.npy'))
 

@@ -5,6 +5,7 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -95,7 +96,7 @@ def test_a_shard_killed_and_restarted_while_the_other_runs_loses_nothing_and_end
       time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    (store / '.tmp-shard-0-of-2-killed').write_bytes(b'PK half a file')  # as a kill mid-write leaves
+    (store / f'{mnist.TEMP_PREFIX}shard-0-of-2-killed').write_bytes(b'PK half a file')  # a kill mid-write
     restarted = run_script(*shard_argv(mnist_data_dir, tmp_path, '0/2', k=1))
     other_out, other_err = other.communicate(timeout=600)
   finally:
@@ -105,7 +106,7 @@ def test_a_shard_killed_and_restarted_while_the_other_runs_loses_nothing_and_end
   assert restarted.returncode == 0 and other.returncode == 0, restarted.stderr + other_err
   assert 'shard 1/2: 4 runs trained now' in other_out  # the other shard: all of its runs, once
   assert sorted(stored(tmp_path)) == sorted({(r, s) for r in (0.5, 0.9) for s in range(4)})  # none twice
-  assert not (store / '.tmp-shard-0-of-2-killed').exists()
+  assert not (store / f'{mnist.TEMP_PREFIX}shard-0-of-2-killed').exists()
   assert mnist.main([*TINY, '--data-dir', str(mnist_data_dir), '--out-dir', str(tmp_path), '--estimate-only']) == 0
   assert_same_outputs(tmp_path, tiny_run[0])
 
@@ -126,6 +127,28 @@ def test_processes_that_must_not_share_a_store_refuse_at_once_in_one_line(tmp_pa
   assert err.count('\n') == 1 and says in err
 
 
+def test_shards_of_one_n_starting_together_beside_an_old_jobs_lock_file_all_start(tmp_path):
+  (tmp_path / mnist.STORE_DIR).mkdir()
+  (tmp_path / mnist.STORE_DIR / '.lock-shards-16').touch()  # left by an earlier job array of 16
+  for attempt in range(20):
+    together, failures = threading.Barrier(8), []
+
+    def shard(i):
+      try:
+        together.wait()
+        with mnist.lock_store(str(tmp_path), (i, 8)):
+          time.sleep(0.01)
+      except mnist.CScoreError as e:
+        failures.append(str(e))
+
+    threads = [threading.Thread(target=shard, args=(i,)) for i in range(8)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    assert not failures, failures
+
+
 def test_estimate_only_runs_beside_shards(tmp_path):
   with mnist.lock_store(str(tmp_path), (0, 2)), mnist.lock_store(str(tmp_path), (1, 2)):
     with mnist.lock_store(str(tmp_path), reader=True):
@@ -135,7 +158,7 @@ def test_estimate_only_runs_beside_shards(tmp_path):
 def test_a_restarted_shard_clears_only_its_own_leftovers(tmp_path):
   settings = mnist.store_settings(mnist.Config(), 'x')
   store = pathlib.Path(mnist.open_store(str(tmp_path), settings))
-  mine, theirs = store / '.tmp-shard-0-of-2-abc', store / '.tmp-shard-1-of-2-def'
+  mine, theirs = store / f'{mnist.TEMP_PREFIX}shard-0-of-2-abc', store / f'{mnist.TEMP_PREFIX}shard-1-of-2-def'
   mine.write_bytes(b'half'), theirs.write_bytes(b'in flight')
   mnist.open_store(str(tmp_path), settings, tag='shard-0-of-2')
   assert not mine.exists() and theirs.exists()

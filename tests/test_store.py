@@ -36,7 +36,7 @@ def test_store_files_load_without_pickle(tmp_path):
 def test_a_write_leaves_no_temporary_file(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
   mnist.save_runs(store, 0.5, [0, 1], random_runs(2))
-  assert not [f for f in os.listdir(store) if f.startswith('.tmp-')]
+  assert not [f for f in os.listdir(store) if f.startswith(mnist.TEMP_PREFIX)]
 
 
 def test_store_made_with_other_settings_is_refused_naming_each_difference(tmp_path):
