@@ -202,3 +202,16 @@ def test_the_same_command_gives_the_same_runs_and_scores(tiny_run, mnist_data_di
     np.testing.assert_array_equal(again[key][0], first[key][0])
     np.testing.assert_array_equal(again[key][1], first[key][1])
   np.testing.assert_array_equal(np.load(tmp_path / 'cscores.npy'), np.load(tiny_run[0] / 'cscores.npy'))
+
+
+def test_a_settings_file_that_is_not_an_object_is_an_error_naming_it(tmp_path):
+  store = mnist.open_store(tmp_path, mnist.store_settings(mnist.Config(), 'x'))
+  pathlib.Path(store, mnist.SETTINGS_FILE).write_text('[]')
+  with pytest.raises(mnist.CScoreError, match='settings.json is unreadable.*not a JSON object'):
+    mnist.open_store(tmp_path, mnist.store_settings(mnist.Config(), 'x'))
+
+
+def test_a_ratio_whose_subset_would_be_empty_is_one_line_before_training(mnist_data_dir, tmp_path, capsys):
+  assert mnist.main(['--ratios', '0.00001', '--data-dir', str(mnist_data_dir), '--out-dir', str(tmp_path)]) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'a subset of int(60000 x 1e-05) = 0 examples' in err

@@ -339,3 +339,9 @@ def test_on_a_gpu_k_follows_its_memory(monkeypatch):
   assert mnist.default_models_at_once(200) == 200  # every run of a ratio at once
   monkeypatch.setattr(mnist, 'gpu_memory_bytes', lambda: 16 * 2**30)
   assert mnist.default_models_at_once(2000) == 16 * 2**30 // 4 // per_model
+
+
+def test_estimate_only_on_a_mistyped_out_dir_creates_nothing(tmp_path, capsys):
+  typo = tmp_path / 'reslts'
+  assert mnist.main(['--out-dir', str(typo), '--estimate-only']) == 1
+  assert not typo.exists() and 'holds no results store' in capsys.readouterr().err
