@@ -660,6 +660,18 @@ def store_settings(config, fingerprint):
 TEMP_PREFIX = '.cscore-tmp-'  # distinctive: --out-dir may be a folder of the user's own
 
 
+def mode_of_new_files():
+  """The permissions open() gives a new file, 0o666 less the umask. mkstemp's own 0o600 would
+  hide the outputs and the store from the rest of a lab's group on a shared filesystem. Read
+  once, at import, while no other thread can create a file under the umask briefly set to 0."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
+NEW_FILE_MODE = mode_of_new_files()
+
+
 @contextlib.contextmanager
 def temporary_file(folder, tag=''):
   """(file, path) of a new temporary file in folder, named .cscore-tmp-<tag>-...: a process
@@ -667,6 +679,7 @@ def temporary_file(folder, tag=''):
   an error."""
   fd, tmp = tempfile.mkstemp(dir=folder or '.', prefix=f'{TEMP_PREFIX}{tag}-' if tag else TEMP_PREFIX)
   try:
+    os.chmod(tmp, NEW_FILE_MODE)
     with os.fdopen(fd, 'wb') as f:
       yield f, tmp
       f.flush()

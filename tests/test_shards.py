@@ -5,6 +5,7 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -173,6 +174,15 @@ def test_settings_are_created_once_and_a_later_process_with_others_refuses_namin
   mnist.open_store(str(tmp_path), settings, tag='shard-0-of-2')
   with pytest.raises(mnist.CScoreError, match='epochs: store has 10, this run 3'):
     mnist.open_store(str(tmp_path), dict(settings, epochs=3), tag='shard-1-of-2')
+
+
+def test_files_written_atomically_get_the_permissions_of_the_umask_not_mkstemps_private_ones(tmp_path):
+  # A lab's group reads the outputs and adds shards to a shared store: 0o600 would lock them out.
+  code = ('import mnist, os, sys; p = os.path.join(sys.argv[1], "out.npy"); '
+          'mnist.write_atomically(p, lambda f: f.write(b"x")); print(oct(os.stat(p).st_mode & 0o777))')
+  mode = subprocess.run(['sh', '-c', f'umask 027 && exec "$0" -c \'{code}\' "$1"', sys.executable, str(tmp_path)],
+                        capture_output=True, text=True, check=True, cwd=pathlib.Path(mnist.__file__).parent)
+  assert mode.stdout.strip() == '0o640'
 
 
 # --- The store's records ------------------------------------------------------------------------
