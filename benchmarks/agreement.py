@@ -20,7 +20,6 @@ reliability in the cscores-details.npz beside the scores; rel_ref is the same ru
 200 runs per ratio, the published estimate's size. A Pearson's r near the ceiling means that what
 separates the two is noise; one well below it would be a real difference of method.
 """
-import argparse
 import os
 import pathlib
 import sys

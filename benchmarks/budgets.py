@@ -15,7 +15,6 @@ start-up, evaluation and figures included, on this machine.
 """
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -26,7 +25,8 @@ import scipy.stats
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import agreement  # noqa: E402
-import mnist  # noqa: E402
+
+mnist = agreement.mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,8 @@ def run_budget(models, out_dir, extra):
 
 
 def rho(a, b, where):
+  """Spearman's rho over `where`; NaN for fewer than 3 examples (a budget of one run has none in
+  common)."""
   return float(scipy.stats.spearmanr(a[where], b[where]).statistic) if where.sum() > 2 else float('nan')
 
 
@@ -76,9 +78,9 @@ def compare(details, reference):
   common = np.logical_and.reduce([~np.isnan(s) for s in scores.values()])
   out = {}
   for name, s in scores.items():
-    has = ~np.isnan(s)
-    out[name] = (rho(s, reference, has), rho(s, reference, has & hard), int(has.sum()),
-                 int((has & hard).sum()), rho(s, reference, common), rho(s, reference, common & hard))
+    a = agreement.agreement(s, reference)  # over the examples this score covers
+    out[name] = (a['spearman'], a['spearman_hard'], a['examples'], a['hard'],
+                 rho(s, reference, common), rho(s, reference, common & hard))
   return out, int(common.sum()), int((common & hard).sum())
 
 

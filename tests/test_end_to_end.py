@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import mnist
-from conftest import TINY
+from conftest import tiny_argv
 
 
 def test_script_writes_scores_for_every_training_example(tiny_run):
@@ -40,7 +40,7 @@ def test_models_are_accurate_on_the_examples_they_held_out(tiny_run):
 def test_an_interrupted_run_resumes_without_redoing_runs_and_gives_the_same_scores(
     tiny_run, mnist_data_dir, tmp_path, monkeypatch, capsys):
   uninterrupted, _ = tiny_run
-  argv = [*TINY, '--data-dir', str(mnist_data_dir), '--out-dir', str(tmp_path)]
+  argv = tiny_argv(mnist_data_dir, tmp_path)
   trained = []
   real_train = mnist.train_run_group
 
@@ -98,7 +98,10 @@ def test_progress_counts_work_a_model_at_0_9_costing_about_6_5_models_at_0_1():
   low, high = (np.array(mnist.model_work(config, 60000, r)) for r in (0.1, 0.9))
   assert 6 < high.sum() / low.sum() < 7
   assert high[0] / low[0] == pytest.approx(9) and high[1] == low[1]  # training grows, evaluation not
-  train, forward = mnist.flops_per_example(config)
+
+
+def test_a_default_model_costs_2_4_mflop_per_example_trained_and_1_1_evaluated():
+  train, forward = mnist.flops_per_example(mnist.Config())
   assert train == pytest.approx(2.4e6, rel=0.05) and forward == pytest.approx(1.1e6, rel=0.05)
 
 

@@ -92,10 +92,14 @@ def estimates_with_scores(p, runs=20, count=100, n=50):
   """Estimates of n examples, each with per-ratio score p from `count` held-out runs."""
   per_ratio = np.full((2, n), p)
   counts = np.full((2, n), count)
-  return mnist.Estimates(np.array([0.3, 0.6]), np.array([runs, runs]), np.full(2, 0.9), per_ratio,
-                         counts, per_ratio[0], mnist.standard_error(per_ratio, counts),
-                         np.zeros((2, n)), np.zeros(n), np.nan, np.nan, np.nan,
-                         np.full((2, n), np.nan), np.full(n, np.nan), np.full(n, np.nan))
+  return mnist.Estimates(
+      ratios=np.array([0.3, 0.6]), runs=np.array([runs, runs]), heldout_accuracy=np.full(2, 0.9),
+      per_ratio=per_ratio, held_out_counts=counts, cscores=per_ratio[0],
+      standard_error=mnist.standard_error(per_ratio, counts),
+      memorization_per_ratio=np.zeros((2, n)), memorization=np.zeros(n),
+      split_half_r=np.nan, reliability=np.nan, reliability_200_runs=np.nan,
+      split_half_cscores=np.full((2, n), np.nan), learning_speed=np.full(n, np.nan),
+      learning_confidence=np.full(n, np.nan))
 
 
 def test_runs_that_halve_the_standard_error_are_about_4x_for_middling_scores():

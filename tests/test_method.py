@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import mnist
+from conftest import sgd_by_hand
 
 SMALL = mnist.Config(ratios=(0.5,), runs=3, epochs=2)
 
@@ -126,16 +127,8 @@ def test_k_models_trained_together_equal_the_same_models_trained_one_by_one(synt
 def test_training_follows_sgd_with_momentum_on_the_runs_batches(synthetic_data):
   images, labels = synthetic_data
   config = dataclasses.replace(SMALL, epochs=1, hidden=(8,))
-  n, seed, ratio = len(labels), 3, 0.5
-  params = [tf.constant(p) for p in mnist.init_mlp(seed, mnist.layer_sizes(config))]
-  velocity = [tf.zeros_like(p) for p in params]
-  order = mnist.batch_order(seed, n, ratio, 1, config.batch_size)[0]
-  weight = mnist.batch_weights(mnist.subset_size(n, ratio), config.batch_size)
-  for idx, w in zip(order, weight):
-    x = tf.constant(images[idx] / 255.0, tf.float32)
-    grads, _ = mnist.mlp_gradients(params, x, labels[idx], w)
-    velocity = [0.9 * v + g for v, g in zip(velocity, grads)]
-    params = [p - 0.1 * v for p, v in zip(params, velocity)]
+  seed, ratio = 3, 0.5
+  params = sgd_by_hand(images, labels, seed, ratio, config)
   trained = mnist.EnsembleTrainer(images, labels, config).train([seed], ratio)
   for t, p in zip(trained, params):
     np.testing.assert_allclose(t.numpy()[0], p.numpy(), rtol=1e-4, atol=1e-6)

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import mnist
+from conftest import sgd_by_hand
 
 # 600 examples at ratio 0.5: a subset of 300, batches of 128, 128 and a padded 44.
 CONFIG = mnist.Config(ratios=(0.5,), runs=2, epochs=3, hidden=(16,))
@@ -16,23 +17,17 @@ CONFIG = mnist.Config(ratios=(0.5,), runs=2, epochs=3, hidden=(16,))
 
 def direct_record(images, labels, seed, ratio, config):
   """(hits [n], summed p(label) [n]): the run's model stepped one batch at a time, each batch
-  evaluated before its update, written out with the plain SGD-with-momentum recurrence."""
-  n = len(labels)
-  params = [tf.constant(p) for p in mnist.init_mlp(seed, mnist.layer_sizes(config))]
-  velocity = [tf.zeros_like(p) for p in params]
-  hits, p_label = np.zeros(n), np.zeros(n)
-  weight = mnist.batch_weights(mnist.subset_size(n, ratio), config.batch_size)
-  for epoch in mnist.batch_order(seed, n, ratio, config.epochs, config.batch_size):
-    for idx, w in zip(epoch, weight):
-      x = tf.constant(images[idx] / 255.0, tf.float32)
-      probabilities = tf.nn.softmax(mnist.mlp_logits(params, x)[0]).numpy()
-      for i, real, p in zip(idx, w, probabilities):
-        if real:
-          hits[i] += p.argmax() == labels[i]
-          p_label[i] += p[labels[i]]
-      grads, _ = mnist.mlp_gradients(params, x, labels[idx], w)
-      velocity = [0.9 * v + g for v, g in zip(velocity, grads)]
-      params = [p - 0.1 * v for p, v in zip(params, velocity)]
+  evaluated before its update."""
+  hits, p_label = np.zeros(len(labels)), np.zeros(len(labels))
+
+  def evaluate(idx, weight, x, params):
+    probabilities = tf.nn.softmax(mnist.mlp_logits(params, x)[0]).numpy()
+    for i, real, p in zip(idx, weight, probabilities):
+      if real:
+        hits[i] += p.argmax() == labels[i]
+        p_label[i] += p[labels[i]]
+
+  sgd_by_hand(images, labels, seed, ratio, config, evaluate)
   return hits, p_label
 
 
@@ -77,8 +72,9 @@ def test_the_proxies_are_the_means_over_the_runs_that_trained_on_each_example():
   runs = [random_run(rng, n, epochs) for _ in range(5)] + [random_run(rng, n, epochs, record=False)]
   speed, confidence = mnist.learning_proxies(runs, n)
   for i in range(n):
-    seen = [(r.hits[np.flatnonzero(~r.held_out).tolist().index(i)], r.confidence[np.flatnonzero(~r.held_out).tolist().index(i)])
-            for r in runs if r.hits is not None and not r.held_out[i]]
+    # a run's record lists the examples it trained on in example order: i is the j-th of them
+    seen = [(r.hits[j], r.confidence[j]) for r in runs if r.hits is not None and not r.held_out[i]
+            for j in [np.count_nonzero(~r.held_out[:i])]]
     if not seen:
       assert math.isnan(speed[i]) and math.isnan(confidence[i])
       continue

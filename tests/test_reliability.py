@@ -12,31 +12,8 @@ import numpy as np
 import pytest
 
 import mnist
-from conftest import MANUAL_DIR, ROOT, TINY, run_script, script_command
-
-
-def stored_files(out):
-  store = out / mnist.STORE_DIR
-  return sorted(f for f in os.listdir(store) if f.startswith('runs-')) if store.is_dir() else []
-
-
-def start_and_signal_after_first_group(argv, sig):
-  """Starts the script, sends `sig` once its first group is stored; returns the process."""
-  out = argv[argv.index('--out-dir') + 1]
-  # A shell's background jobs ignore SIGINT and their children inherit that; give the script
-  # the default disposition a terminal's foreground job has.
-  proc = subprocess.Popen(script_command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-  deadline = time.time() + 300
-  while not stored_files(pathlib.Path(out)) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(sig)
-  proc.wait(timeout=300)
-  return proc
-
-
-def tiny_argv(data_dir, out):
-  return [*TINY, '--data-dir', str(data_dir), '--out-dir', str(out)]
+from conftest import (MANUAL_DIR, ROOT, run_script,
+                      start_and_signal_after_first_group, stored_files, tiny_argv)
 
 
 def error_line(result):

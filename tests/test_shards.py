@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 
 import mnist
-from conftest import TINY, run_script, script_command
+from conftest import TINY, run_script, script_command, start_and_signal_after_first_group, tiny_argv
 
 
-def shard_argv(data_dir, out, shard, k=None):
-  argv = [*TINY, '--data-dir', str(data_dir), '--out-dir', str(out), '--shard', shard]
-  if k is not None:
-    argv[argv.index('--models-at-once') + 1] = str(k)
-  return argv
+def shard_argv(data_dir, out, shard, k):
+  return tiny_argv(data_dir, out) + ['--shard', shard, '--models-at-once', str(k)]  # the last K counts
 
 
 def start(argv):
@@ -80,7 +77,7 @@ def test_two_concurrent_shards_with_different_k_then_estimate_only_equal_one_uns
     assert 'runs trained now; 4 of its 4 runs stored, 0 left' in stdout
   assert not (out / 'cscores.npy').exists()  # a shard writes only the store
   assert sorted(stored(out)) == sorted({(r, s) for r in (0.5, 0.9) for s in range(4)})  # none twice
-  result = run_script(*TINY, '--data-dir', str(mnist_data_dir), '--out-dir', str(out), '--estimate-only')
+  result = run_script(*tiny_argv(mnist_data_dir, out), '--estimate-only')
   assert result.returncode == 0, result.stderr
   assert 'models trained now: 0' in result.stdout and 'missing' not in result.stdout
   assert_same_outputs(out, tiny_run[0])
@@ -90,25 +87,19 @@ def test_a_shard_killed_and_restarted_while_the_other_runs_loses_nothing_and_end
     tiny_run, mnist_data_dir, tmp_path):
   store = tmp_path / mnist.STORE_DIR
   other = start(shard_argv(mnist_data_dir, tmp_path, '1/2', k=1))
-  victim = start(shard_argv(mnist_data_dir, tmp_path, '0/2', k=1))
   try:
-    deadline = time.time() + 300
-    while not (store.is_dir() and mnist.run_files(store)) and time.time() < deadline:
-      time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    start_and_signal_after_first_group(shard_argv(mnist_data_dir, tmp_path, '0/2', k=1), signal.SIGKILL)
     (store / f'{mnist.TEMP_PREFIX}shard-0-of-2-killed').write_bytes(b'PK half a file')  # a kill mid-write
     restarted = run_script(*shard_argv(mnist_data_dir, tmp_path, '0/2', k=1))
     other_out, other_err = other.communicate(timeout=600)
   finally:
-    for p in (other, victim):
-      if p.poll() is None:
-        p.kill()
+    if other.poll() is None:
+      other.kill()
   assert restarted.returncode == 0 and other.returncode == 0, restarted.stderr + other_err
   assert 'shard 1/2: 4 runs trained now' in other_out  # the other shard: all of its runs, once
   assert sorted(stored(tmp_path)) == sorted({(r, s) for r in (0.5, 0.9) for s in range(4)})  # none twice
   assert not (store / f'{mnist.TEMP_PREFIX}shard-0-of-2-killed').exists()
-  assert mnist.main([*TINY, '--data-dir', str(mnist_data_dir), '--out-dir', str(tmp_path), '--estimate-only']) == 0
+  assert mnist.main([*tiny_argv(mnist_data_dir, tmp_path), '--estimate-only']) == 0
   assert_same_outputs(tmp_path, tiny_run[0])
 
 
@@ -165,12 +156,15 @@ def test_a_restarted_shard_clears_only_its_own_leftovers(tmp_path):
   assert not mine.exists() and theirs.exists()
 
 
-def test_settings_are_created_once_and_a_later_process_with_others_refuses_naming_them(tmp_path):
-  settings = mnist.store_settings(mnist.Config(), 'x')
+def test_a_file_created_exclusively_keeps_the_first_text_and_leaves_no_temporary(tmp_path):
   path = str(tmp_path / 'settings.json')
   assert mnist.create_exclusively(path, 'first')
   assert not mnist.create_exclusively(path, 'second')
   assert pathlib.Path(path).read_text() == 'first' and os.listdir(tmp_path) == ['settings.json']
+
+
+def test_a_shard_whose_settings_differ_from_the_store_made_by_another_refuses_naming_them(tmp_path):
+  settings = mnist.store_settings(mnist.Config(), 'x')
   mnist.open_store(str(tmp_path), settings, tag='shard-0-of-2')
   with pytest.raises(mnist.CScoreError, match='epochs: store has 10, this run 3'):
     mnist.open_store(str(tmp_path), dict(settings, epochs=3), tag='shard-1-of-2')
@@ -239,7 +233,7 @@ def test_estimate_only_writes_what_is_stored_and_lists_what_is_missing(sharded, 
   for name in mnist.run_files(tmp_path / mnist.STORE_DIR):
     if any(s in (1, 2) and r == 0.9 for r, s, _ in mnist.read_run_file(tmp_path / mnist.STORE_DIR / name)):
       os.unlink(tmp_path / mnist.STORE_DIR / name)
-  assert mnist.main([*TINY, '--data-dir', str(mnist_data_dir), '--out-dir', str(tmp_path), '--estimate-only']) == 0
+  assert mnist.main([*tiny_argv(mnist_data_dir, tmp_path), '--estimate-only']) == 0
   out_text = capsys.readouterr().out
   missing = [l for l in out_text.splitlines() if l.startswith('missing:')]
   assert len(missing) == 1 and 'ratio 0.90: seeds' in missing[0] and 'ratio 0.50' not in missing[0]
@@ -249,14 +243,14 @@ def test_estimate_only_writes_what_is_stored_and_lists_what_is_missing(sharded, 
 def test_estimate_only_on_a_store_without_the_commands_runs_is_one_line_and_exit_1(
     sharded, mnist_data_dir, tmp_path, capsys):
   shutil.copytree(sharded[0] / mnist.STORE_DIR, tmp_path / mnist.STORE_DIR)
-  argv = [*TINY, '--data-dir', str(mnist_data_dir), '--out-dir', str(tmp_path), '--estimate-only', '--seed', '100']
+  argv = [*tiny_argv(mnist_data_dir, tmp_path), '--estimate-only', '--seed', '100']
   assert mnist.main(argv) == 1
   err = capsys.readouterr().err
   assert err.count('\n') == 1 and 'holds none of the runs this command names' in err
 
 
 def test_estimate_only_without_a_store_is_one_line_and_exit_1(mnist_data_dir, tmp_path, capsys):
-  assert mnist.main([*TINY, '--data-dir', str(mnist_data_dir), '--out-dir', str(tmp_path), '--estimate-only']) == 1
+  assert mnist.main([*tiny_argv(mnist_data_dir, tmp_path), '--estimate-only']) == 1
   err = capsys.readouterr().err
   assert err.count('\n') == 1 and 'holds no results store' in err
 
@@ -280,7 +274,7 @@ def split_by_shard(sharded_out, root):
 def test_merge_of_one_out_dir_per_shard_equals_one_unsharded_process(sharded, tiny_run, mnist_data_dir, tmp_path):
   dirs = split_by_shard(sharded[0], tmp_path)
   final = tmp_path / 'final'
-  argv = [*TINY, '--data-dir', str(mnist_data_dir), '--out-dir', str(final), '--merge', *map(str, dirs)]
+  argv = [*tiny_argv(mnist_data_dir, final), '--merge', *map(str, dirs)]
   assert mnist.main(argv) == 0
   assert_same_outputs(final, tiny_run[0])
   before = sorted(os.listdir(final / mnist.STORE_DIR))
