@@ -20,9 +20,8 @@ Typical digits get C close to 1; ambiguous, odd or mislabeled ones get C close t
 This script reproduces the authors' MNIST demo (same data order, model, optimiser, subsets and
 estimator) and differs from it in how the work is done:
   * K models of one ratio train in lockstep, whole epochs in one compiled TensorFlow loop, each
-    model with its own subset, batch order and initialisation: on a GPU as one batched matmul
-    per layer (weights stacked [K, in, out]), on a CPU as K chains of plain matmuls side by side
-    on the cores. This keeps the device busy; one model at a time leaves it mostly idle.
+    model with its own subset, batch order and initialisation. This keeps the device busy; one
+    model at a time leaves it mostly idle.
   * Every finished group of runs is saved at once to a results store in the output directory,
     so a stopped run resumes where it stopped, and a larger --runs only adds runs.
   * Shards (--shard I/N) spread the runs over processes, GPUs and machines, with the scheduler
@@ -34,6 +33,25 @@ From the same runs, at no extra training: standard errors, split-half reliabilit
 memorization (Feldman & Zhang, 2020) and the paper's cheap proxies of the C-score, how fast and
 how confidently each example is learned while it is trained on (recorded during training from
 the forward pass each step computes anyway).
+
+Sections, top to bottom. The method:
+  Settings                the paper's defaults, which the command line overrides
+  Data                    MNIST's 60,000 training examples, in tensorflow-datasets' order
+  Subsets and batch order the authors' random draws, run by run
+  Model                   the MLP: initialisation, forward pass, loss and its gradient
+  Training step           SGD with momentum for K models in lockstep, and the learning record
+  Estimator               C-score, standard error, memorization, split-half reliability, proxies
+  Figures
+  Outputs and summaries
+  main
+Then the machinery, which changes no score:
+  TensorFlow and stderr   loading TensorFlow late and quietly; the devices it sees
+  Device sizing           K, evaluation chunks, the opening line's description
+  Results store           every finished run on disk, written atomically
+  Locks                   who may share a store at once
+  Shards and merge        which process trains which run; copying stores together
+  Progress and ETA        the bar, counted in FLOPs
+  Command line            flags, and the one-line errors for bad ones
 
 Usage:
     python mnist.py                                   # full protocol: 9 ratios x 200 runs
@@ -61,53 +79,19 @@ import types
 import typing
 import zlib
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: no start-up log
-
 import numpy as np
 from tqdm import tqdm
 
-try:  # the store's locks (see lock_store): flock on POSIX, msvcrt.locking on Windows
-  import fcntl
-except ImportError:
-  fcntl = None
-try:
-  import msvcrt
-except ImportError:
-  msvcrt = None
+# `tf` is TensorFlow, imported on its first use (see "TensorFlow and stderr" below): --help and
+# a mistyped flag answer at once.
 
 
-@contextlib.contextmanager
-def native_stderr_silenced():
-  """Hides what native libraries write to stderr (TensorFlow logs some lines before its own
-  log level applies); Python's exceptions are raised as usual."""
-  sys.stderr.flush()
-  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  try:
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
-
-
-class LazyTensorFlow(types.ModuleType):
-  """TensorFlow, imported on first use: it takes seconds to load, and --help or a mistyped flag
-  should answer at once."""
-
-  def __getattr__(self, name):
-    global tf
-    with native_stderr_silenced():
-      import tensorflow
-    tf = tensorflow
-    return getattr(tensorflow, name)
-
-
-tf = LazyTensorFlow('tensorflow')
-
+# ================================================================================================
+# THE METHOD
+# ================================================================================================
 
 # ------------------------------------------------------------------------------------------------
-# Settings: the paper's defaults; the command line overrides them.
+# Settings: the paper's defaults; the command line overrides each of them (see parse_args).
 # ------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +108,19 @@ class Config:
   models_at_once: int = 0      # K; 0 picks it from the device
 
 
-# What a stored run depends on. A store made with other values is refused, not mixed in.
+# What a trained run depends on. A results store made with other values is refused, not mixed in.
 TRAINING_SETTINGS = ('epochs', 'batch_size', 'learning_rate', 'momentum', 'hidden', 'precision')
 
 NUM_CLASSES = 10
+
+
+def run_seeds(config):
+  return range(config.seed, config.seed + config.runs)
+
+
+def ratio_key(ratio):
+  """A ratio as the key of its runs: 0.3 and 0.1 + 0.2 are one ratio."""
+  return round(float(ratio), 6)
 
 
 class CScoreError(Exception):
@@ -140,12 +133,39 @@ def first_line(error):
 
 
 # ------------------------------------------------------------------------------------------------
-# Data: MNIST's 60,000 training examples, in tensorflow-datasets' order.
+# Data: MNIST's 60,000 training examples, in tensorflow-datasets' order (the scores' order).
 # ------------------------------------------------------------------------------------------------
 
 MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
                't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
 MNIST_HOST = 'storage.googleapis.com'  # where tfds downloads MNIST from
+
+
+def load_mnist(data_dir=None, manual_dir=None):
+  """MNIST's training split as (images uint8 [n, 784], labels int32 [n]), in tfds' order.
+
+  Pixels stay uint8 here (47 MB); the trainer scales them to [0, 1] after gathering a batch."""
+  with native_stderr_silenced():
+    import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()  # its bars and notes would bury our own lines
+  logging.getLogger('absl').setLevel(logging.ERROR)
+  builder = tfds.builder('mnist', data_dir=data_dir)
+  if not builder.is_prepared():
+    print(f'preparing MNIST in {builder.data_dir} (once)', flush=True)
+    config = mnist_download_config(manual_dir)
+    if manual_dir is None and not proxied() and not network_reachable():
+      raise CScoreError(
+          f'MNIST is not prepared in {builder.data_dir} and {MNIST_HOST} cannot be reached. '
+          'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '
+          f'({", ".join(MNIST_FILES)}).')
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):  # tfds' own lines: ours above says it
+        builder.download_and_prepare(download_config=config)
+    except Exception as e:  # tfds' checksum and download errors: keep their first line
+      raise CScoreError(f'preparing MNIST failed: {first_line(e)}') from e
+  data = tfds.as_numpy(builder.as_dataset(split='train', batch_size=-1, shuffle_files=False))
+  images = data['image'].reshape(len(data['image']), -1)
+  return images, data['label'].astype(np.int32)
 
 
 def mnist_download_config(manual_dir):
@@ -176,43 +196,9 @@ def proxied():
   return any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy'))
 
 
-def load_mnist(data_dir=None, manual_dir=None):
-  """MNIST's training split as (images uint8 [n, 784], labels int32 [n]), in tfds' order.
-
-  Pixels stay uint8 here (47 MB); the trainer scales them to [0, 1] after gathering a batch."""
-  with native_stderr_silenced():
-    import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()  # its bars and notes would bury our own lines
-  logging.getLogger('absl').setLevel(logging.ERROR)
-  builder = tfds.builder('mnist', data_dir=data_dir)
-  if not builder.is_prepared():
-    print(f'preparing MNIST in {builder.data_dir} (once)', flush=True)
-    config = mnist_download_config(manual_dir)
-    if manual_dir is None and not proxied() and not network_reachable():
-      raise CScoreError(
-          f'MNIST is not prepared in {builder.data_dir} and {MNIST_HOST} cannot be reached. '
-          'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '
-          f'({", ".join(MNIST_FILES)}).')
-    try:
-      with contextlib.redirect_stdout(io.StringIO()):  # tfds' own lines: ours above says it
-        builder.download_and_prepare(download_config=config)
-    except Exception as e:  # tfds' checksum and download errors: keep their first line
-      raise CScoreError(f'preparing MNIST failed: {first_line(e)}') from e
-  data = tfds.as_numpy(builder.as_dataset(split='train', batch_size=-1, shuffle_files=False))
-  images = data['image'].reshape(len(data['image']), -1)
-  return images, data['label'].astype(np.int32)
-
-
-def data_fingerprint(images, labels):
-  """A short hash of the data, so that a store is never mixed with runs on other data."""
-  h = hashlib.sha256()
-  h.update(np.ascontiguousarray(images).tobytes())
-  h.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
-  return f'{len(labels)}:{h.hexdigest()[:16]}'
-
-
 # ------------------------------------------------------------------------------------------------
-# Runs: the training subset and the batch order of run s at ratio r.
+# Subsets and batch order: the training subset and the batches of run s at ratio r, drawn as the
+# authors drew them, so that run s here trains on the examples their run s trained on.
 # ------------------------------------------------------------------------------------------------
 
 def subset_size(n, ratio):
@@ -227,17 +213,16 @@ def check_subsets(config, n):
                         f'use a ratio of at least {1 / n:.2g}')
 
 
-def run_generator(seed, n, ratio):
-  """The run's random state after drawing its subset, and the subset (as the authors did:
-  RandomState(seed).choice, then the epochs' permutations from the same state)."""
+def draw_subset(seed, n, ratio):
+  """(the run's subset, its random state after the draw): RandomState(seed).choice, whose
+  state then draws the epochs' permutations, as the authors' code does."""
   rs = np.random.RandomState(seed)
-  subset = rs.choice(n, size=subset_size(n, ratio), replace=False)
-  return rs, subset
+  return rs.choice(n, size=subset_size(n, ratio), replace=False), rs
 
 
 def training_subset(seed, n, ratio):
   """Indices of the examples that run `seed` trains on at `ratio`."""
-  return run_generator(seed, n, ratio)[1]
+  return draw_subset(seed, n, ratio)[0]
 
 
 def held_out_mask(seed, n, ratio):
@@ -250,7 +235,7 @@ def batch_order(seed, n, ratio, epochs, batch_size):
   """[epochs, steps, width] example indices of the run's batches, a fresh permutation of the
   subset each epoch; width = batch_size, or the subset's size if smaller (one batch of it all).
   The last, smaller batch is padded with index 0; see batch_weights."""
-  rs, subset = run_generator(seed, n, ratio)
+  subset, rs = draw_subset(seed, n, ratio)
   batch_size = min(batch_size, len(subset))  # no padding wider than the data
   steps = -(-len(subset) // batch_size)
   order = np.zeros((epochs, steps * batch_size), dtype=np.int32)
@@ -269,7 +254,11 @@ def batch_weights(m, batch_size):
 
 
 # ------------------------------------------------------------------------------------------------
-# Model ensemble: K MLPs, each with its own weights.
+# Model: the authors' MLP, 784 -> 512 -> 256 -> 10 with ReLUs, its mean NLL and its gradient.
+#
+# These functions take one model (W [in, out], b [1, out], x [B, in]) or m models stacked
+# (W [m, in, out], b [m, 1, out], x [m, B, in] or a shared [B, in]) alike: matmul batches over
+# leading axes.
 # ------------------------------------------------------------------------------------------------
 
 def layer_sizes(config, input_size=784):
@@ -292,12 +281,9 @@ def init_mlp(seed, sizes):
 
 
 def stack_models(models):
-  """[K models] of [W1, b1, ...] -> [W1 [K, in, out], b1 [K, 1, out], ...]."""
+  """[m models] of [W1, b1, ...] -> [W1 [m, in, out], b1 [m, 1, out], ...]."""
   return [np.stack(p) for p in zip(*models)]
 
-
-# The functions below take one model (W [in, out], b [1, out], x [B, in]) or K stacked models
-# (W [K, in, out], b [K, 1, out], x [K, B, in]) alike: matmul batches over leading axes.
 
 def mlp_logits(params, x, dtype='float32'):
   """Logits (fp32) and the inputs of each layer; matmuls in `dtype` (bf16: fp32 accumulation,
@@ -310,16 +296,15 @@ def mlp_logits(params, x, dtype='float32'):
   return tf.cast(activations.pop(), tf.float32), activations
 
 
-def mlp_loss(params, x, y, weight, dtype='float32'):
+def mean_nll(logits, y, weight):
   """Sum over models of each one's mean NLL over its batch; `weight` [B] is 0 for the padding
   of a last, smaller batch. Summing keeps each model's gradient exactly its own."""
-  logits, _ = mlp_logits(params, x, dtype)
   nll = -tf.gather(tf.nn.log_softmax(logits), y, batch_dims=len(y.shape))
   return tf.reduce_sum(tf.reduce_sum(nll * weight, -1) / tf.reduce_sum(weight))
 
 
-def mlp_gradients(params, x, y, weight, dtype='float32'):
-  """The gradient of mlp_loss (fp32), by hand: no gradient for the inputs x, and transposed
+def loss_gradients(params, x, y, weight, dtype='float32'):
+  """The gradient of mean_nll (fp32), by hand: no gradient for the inputs x, and transposed
   matmuls instead of materialised transposes. Also returns the forward pass's softmax
   probabilities, which the learning record reads at no extra cost."""
   weights = [tf.cast(p, dtype) for p in params]  # cast once for forward and backward
@@ -337,118 +322,18 @@ def mlp_gradients(params, x, y, weight, dtype='float32'):
   return grads, probabilities
 
 
-def learning_signals(probabilities, y, weight):
-  """Per example of a batch, seen before the batch's update: (1 if the model classifies it
-  correctly else 0, its probability of the label), each times `weight` (0 on padding). Summed
-  over epochs they are the paper's learning-speed proxies of the C-score."""
-  hit = tf.cast(tf.argmax(probabilities, -1, output_type=tf.int32) == y, tf.float32)
-  p_label = tf.gather(probabilities, y, batch_dims=len(y.shape))
-  return hit * weight, p_label * weight
-
-
 # ------------------------------------------------------------------------------------------------
-# Training: whole epochs of K models inside one compiled function.
+# Training step: whole epochs of K models, in lockstep, inside one compiled tf.while_loop.
 #
-# Two layouts of the same computation. On a GPU, one batched matmul per layer for all K models
-# (weights stacked [K, in, out]) keeps the device busy. On a CPU, TensorFlow's batched matmul
-# uses its cores poorly for these small shapes (about 120-140 GFLOP/s here against 217 for a
-# large matmul); K independent chains of plain matmuls, one thread each and one chain per core
-# at a time, reach 155-180. Either way the K models step in lockstep inside one tf.while_loop.
+# Two layouts of the same computation, chosen in one place (EnsembleTrainer.chains). On a GPU,
+# one batched matmul per layer for all K models (weights stacked [K, in, out]) keeps the device
+# busy. On a CPU, TensorFlow's batched matmul uses its cores poorly for these small shapes (about
+# 120-140 GFLOP/s on a Zen 4 core pair, against 217 for a large matmul); K independent chains of
+# plain matmuls, one thread each and one chain per core at a time, reach 155-180.
+#
+# A chain is an int m (model m alone, its arrays 2-D) or a slice of models (their arrays stacked
+# [m, ...]). Indexing any [K, ...] array by a chain gives that chain's part, in its layout.
 # ------------------------------------------------------------------------------------------------
-
-@functools.cache  # the devices do not change within a process
-def accelerators():
-  """The GPUs TensorFlow sees. Its first device query also starts its runtime, which logs
-  (e.g. a failed CUDA init on a CPU machine) past TF_CPP_MIN_LOG_LEVEL: hence the silence."""
-  with native_stderr_silenced():
-    return tf.config.list_physical_devices('GPU')
-
-
-def cpu_cores():
-  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-
-
-def configure_tensorflow():
-  """On a CPU: deterministic ops, and one thread per op with as many ops at once as cores (the
-  per-model layout's parallelism). Call it before TensorFlow's first op."""
-  tf.get_logger().setLevel('ERROR')  # not its retracing notes
-  if accelerators():
-    return
-  # Bit-identical reruns and resumes; measured here at no cost (within noise) on the CPU.
-  tf.config.experimental.enable_op_determinism()
-  with contextlib.suppress(RuntimeError):  # the runtime has started: keep its settings
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(cpu_cores())
-
-
-@functools.cache  # one nvidia-smi call, however many ask
-def gpu_memory_bytes():
-  """Total memory of the first GPU this process sees (nvidia-smi; CUDA_VISIBLE_DEVICES picks
-  it, as in one process per GPU), or None."""
-  import subprocess
-  first = os.environ.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0].strip() or '0'
-  try:
-    out = subprocess.run(['nvidia-smi', '-i', first, '--query-gpu=memory.total',
-                          '--format=csv,noheader,nounits'],
-                         capture_output=True, text=True, timeout=10).stdout
-    return int(out.split()[0]) * 2**20
-  except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-    return None
-
-
-@functools.cache
-def device_kind():
-  """What trains here, as each stored run records it: 'CPU', or the first GPU's name."""
-  gpus = accelerators()
-  if not gpus:
-    return 'CPU'
-  return tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')
-
-
-def matmul_precision(config):
-  """How the matmuls round: 'bf16', 'tf32' (float32 on an Ampere or newer GPU, where TensorFlow
-  uses TensorFloat-32 by default) or 'fp32'."""
-  if config.precision == 'bfloat16':
-    return 'bf16'
-  gpus = accelerators()
-  if gpus and tf.config.experimental.is_tensor_float_32_execution_enabled():
-    if tf.config.experimental.get_device_details(gpus[0]).get('compute_capability', (0, 0)) >= (8, 0):
-      return 'tf32'
-  return 'fp32'
-
-
-def per_model_bytes(config, n=60000):
-  """Training memory of one model: weights, momentum and gradients, a batch's activations, and
-  its learning record (two floats per example)."""
-  sizes = layer_sizes(config)
-  weights = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
-  return 4 * (3 * weights + 4 * config.batch_size * sum(sizes) + 2 * n)
-
-
-def default_models_at_once(runs, config=Config()):
-  """K. On a CPU: enough chains to keep every core busy (8 is as fast as 16 here). On a GPU:
-  as many as a quarter of its memory holds (about 10 MB a model: 2,000 on an 80 GB GPU, so
-  there every run of a ratio trains at once)."""
-  if accelerators():
-    k = (gpu_memory_bytes() or 8 * 2**30) // 4 // per_model_bytes(config)
-  else:
-    k = max(8, 2 * cpu_cores())
-  return int(max(1, min(k, runs)))
-
-
-# Evaluation on a CPU goes EVAL_CHUNK examples at a time, whatever K: a model's predictions,
-# hence its stored correctness, are then the same bit for bit however many models trained
-# beside it, on whichever shard.
-EVAL_CHUNK = 10_000
-
-
-def default_eval_rows(config=Config()):
-  """Models x examples per evaluation call: its activations take 4 bytes x sum(layer sizes) a
-  row, about 1 GB for 160,000 rows; on a GPU, an eighth of its memory."""
-  if accelerators():
-    return int((gpu_memory_bytes() or 8 * 2**30) // 8 // (4 * sum(layer_sizes(config))))
-  return 160_000
-
 
 def momentum_update(param, velocity, grad, config):
   """v <- momentum v + g; w <- w - lr v, in place (as jax.example_libraries.optimizers.momentum,
@@ -458,18 +343,39 @@ def momentum_update(param, velocity, grad, config):
       grad=grad, momentum=tf.constant(config.momentum))
 
 
+def record_step(record, rows, labels, probabilities, weight):
+  """Adds one step's learning signals of all K models to their record [K, n, 2], in one scatter:
+  per example of each batch (rows, labels [K, B]), seen before the step's update, 1 if the model
+  classifies it correctly else 0, and its probability of the label, each times `weight` (0 on
+  padding). Summed over epochs they are the paper's learning-speed proxies of the C-score."""
+  hit = tf.cast(tf.argmax(probabilities, -1, output_type=tf.int32) == labels, tf.float32)
+  confidence = tf.gather(probabilities, labels, batch_dims=2)
+  models = tf.broadcast_to(tf.range(tf.shape(rows)[0])[:, None], tf.shape(rows))
+  return record.scatter_nd_add(tf.stack([models, rows], -1), tf.stack([hit * weight, confidence * weight], -1))
+
+
+def chain_shape(chain, shape):
+  """The shape of a chain's part of a [K, *shape] array."""
+  return shape if isinstance(chain, int) else (chain.stop - chain.start, *shape)
+
+
+def stack_chains(parts):
+  """[K, ...] from the chains' parts, in model order."""
+  return tf.concat([p if p.shape.rank == 3 else p[None] for p in parts], 0)
+
+
 class EnsembleTrainer:
-  """Compiled training and evaluation of K models at once, on data held on the device.
+  """K models trained in lockstep, then evaluated, on data held on the device.
 
   While it trains, each model records for every example of its subset, from the forward pass
   of the step that uses it (before that step's update), whether it classified it correctly and
   its probability of the label, summed over epochs: `learning_record()` after `train()`."""
 
-  def __init__(self, images, labels, config, per_model=None, eval_rows=None, record=True):
+  def __init__(self, images, labels, config, stacked=None, eval_rows=None, record=True):
     self.config = config
     self.images = tf.constant(images)   # uint8: 4x less to gather than floats; cast after
     self.labels = tf.constant(labels, tf.int32)
-    self.per_model = (not accelerators()) if per_model is None else per_model
+    self.stacked = bool(accelerators()) if stacked is None else stacked  # the layout: a GPU's
     self.dtype = tf.bfloat16 if config.precision == 'bfloat16' else tf.float32
     self.eval_rows = eval_rows or default_eval_rows(config)  # bounds evaluation's memory
     self.record = record                # False only to measure what recording costs
@@ -478,60 +384,62 @@ class EnsembleTrainer:
     self._last_k = None                 # K of the last train(), whose record learning_record reads
     self._predict = tf.function(self._predict_chunk)  # traced once per number of models
 
-  def _inputs(self, idx):
-    return tf.cast(tf.cast(tf.gather(self.images, idx), tf.float32) * (1.0 / 255.0), self.dtype)
+  def chains(self, k):
+    """The layout of k models: one stacked chain, or k chains of one model each."""
+    return [slice(0, k)] if self.stacked else list(range(k))
 
-  def _groups(self, k):
-    """How the K models are laid out: K groups of one, or one group of K."""
-    return [[m] for m in range(k)] if self.per_model else [list(range(k))]
+  def _inputs(self, rows):
+    return tf.cast(tf.cast(tf.gather(self.images, rows), tf.float32) * (1.0 / 255.0), self.dtype)
 
-  def _state(self, k):
-    """Variables for K models and the compiled epoch over them, made once per K."""
-    if k not in self._compiled:
-      sizes, n = layer_sizes(self.config), len(self.labels)
-      shapes = [s for i, o in zip(sizes[:-1], sizes[1:]) for s in ((i, o), (1, o))]
-      groups = self._groups(k)
-      lead = lambda g: () if self.per_model else (len(g),)  # a plain 2-D chain, or stacked
-      params = [[tf.Variable(tf.zeros(lead(g) + s)) for s in shapes] for g in groups]
-      velocity = [[tf.Variable(tf.zeros(lead(g) + s)) for s in shapes] for g in groups]
-      record = tf.Variable(tf.zeros((k, n, 2)))  # per model and example: hits, summed p(label)
-      epoch = tf.function(lambda order, weight: self._epoch(groups, params, velocity, record,
-                                                            order, weight),
-                          reduce_retracing=True)  # one trace for all subset sizes
-      self._compiled[k] = (params, velocity, record, epoch)
-    return self._compiled[k]
+  def _sgd_step(self, params, velocity, rows, weight):
+    """One step of SGD with momentum for one chain's models on their batches, as the authors'
+    update, opt_update(grad(loss)(params, batch)); returns the in-place updates and the forward
+    pass's probabilities."""
+    grads, probabilities = loss_gradients([p.read_value() for p in params], self._inputs(rows),
+                                          tf.gather(self.labels, rows), weight, self.dtype)
+    with tf.control_dependencies(grads):  # update in place once the old weights are used
+      return [momentum_update(p, v, g, self.config) for p, v, g in zip(params, velocity, grads)], probabilities
 
-  def _epoch(self, groups, params, velocity, record, order, weight):
+  def _epoch(self, chains, params, velocity, record, order, weight):
     """One epoch: order [K, steps, B] example indices, weight [steps, B]."""
-    models = tf.broadcast_to(tf.range(tf.shape(order)[0])[:, None], tf.shape(order[:, 0]))
 
     def step(s):
+      rows = order[:, s]  # [K, B]: each model's batch
       updates, probabilities = [], []
-      for g, p, v in zip(groups, params, velocity):
-        idx = order[g[0], s] if self.per_model else order[:, s]
-        grads, probs = mlp_gradients([w.read_value() for w in p], self._inputs(idx),
-                                     tf.gather(self.labels, idx), weight[s], self.dtype)
-        with tf.control_dependencies(grads):  # update in place once the old weights are used
-          updates += [momentum_update(w, vel, gr, self.config) for w, vel, gr in zip(p, v, grads)]
-        probabilities.append(probs)
-      if self.record:  # for all K models at once: a dozen small ops a step, not a dozen per model
-        idx = order[:, s]
-        signals = learning_signals(tf.stack(probabilities) if self.per_model else probabilities[0],
-                                   tf.gather(self.labels, idx), weight[s])
-        updates.append(record.scatter_nd_add(tf.stack([models, idx], -1), tf.stack(signals, -1)))
+      for chain, p, v in zip(chains, params, velocity):
+        chain_updates, chain_probabilities = self._sgd_step(p, v, rows[chain], weight[s])
+        updates += chain_updates
+        probabilities.append(chain_probabilities)
+      if self.record:  # for all K models at once: a few small ops a step, not a few per model
+        updates.append(record_step(record, rows, tf.gather(self.labels, rows),
+                                   stack_chains(probabilities), weight[s]))
       with tf.control_dependencies(updates):
         return s + 1
 
     tf.while_loop(lambda s: s < tf.shape(order)[1], step, [tf.constant(0)])
+
+  def _state(self, k):
+    """Variables for k models and the compiled epoch over them, made once per k."""
+    if k not in self._compiled:
+      sizes, n, chains = layer_sizes(self.config), len(self.labels), self.chains(k)
+      shapes = [s for i, o in zip(sizes[:-1], sizes[1:]) for s in ((i, o), (1, o))]
+      variables = lambda: [[tf.Variable(tf.zeros(chain_shape(c, s))) for s in shapes] for c in chains]
+      params, velocity = variables(), variables()
+      record = tf.Variable(tf.zeros((k, n, 2)))  # per model and example: hits, summed p(label)
+      epoch = tf.function(lambda order, weight: self._epoch(chains, params, velocity, record,
+                                                            order, weight),
+                          reduce_retracing=True)  # one trace for all subset sizes
+      self._compiled[k] = (params, velocity, record, epoch)
+    return self._compiled[k]
 
   def train(self, seeds, ratio, on_epoch=None):
     """Trains the runs `seeds` of `ratio` together; returns their weights, stacked [K, ...]."""
     c, n, k = self.config, len(self.labels), len(seeds)
     params, velocity, record, epoch_fn = self._state(k)
     initial = stack_models([init_mlp(s, layer_sizes(c)) for s in seeds])
-    for g, p, v in zip(self._groups(k), params, velocity):
+    for chain, p, v in zip(self.chains(k), params, velocity):
       for w, vel, value in zip(p, v, initial):
-        w.assign(value[g[0]] if self.per_model else value)
+        w.assign(value[chain])
         vel.assign(tf.zeros_like(vel))
     record.assign(tf.zeros_like(record))
     orders = np.stack([batch_order(s, n, ratio, c.epochs, c.batch_size) for s in seeds], axis=1)
@@ -544,18 +452,40 @@ class EnsembleTrainer:
     return self._weights(k)
 
   def _weights(self, k):
-    """The weights of the K models, stacked [K, ...], whichever the layout."""
+    """The weights of the k models, stacked [k, ...], whichever the layout."""
     params = self._state(k)[0]
-    return [tf.stack([p[j] for p in params]) if self.per_model else params[0][j].read_value()
-            for j in range(len(params[0]))]
+    return [stack_chains([p[j] for p in params]) for j in range(len(params[0]))]
 
-  def _evaluation_calls(self, k):
-    """(examples, models) per evaluation call. Per-model chains: EVAL_CHUNK examples, a few
-    models at a time, so that a model's result does not depend on K; the stacked layout (a
-    GPU's): all K models, in chunks sized to the memory."""
-    if self.per_model:
-      return EVAL_CHUNK, min(k, max(1, self.eval_rows // EVAL_CHUNK))
-    return max(1000, self.eval_rows // k), k
+  def learning_record(self):
+    """(hits, summed confidence), each [K, n] float32, of the last train(): per example, over
+    the epochs, how often the model classified it correctly, and its summed probability of the
+    label, each read from the forward pass before the step that trained on it; 0 where it did
+    not train on it."""
+    record = self._state(self._last_k)[2].numpy()
+    return record[..., 0], record[..., 1]
+
+  def _models_per_evaluation(self, k):
+    """Models per evaluation call, each call on EVAL_CHUNK examples, whatever k: a model's
+    predictions, hence its stored correctness, are then the same bit for bit however many models
+    trained beside it, on whichever shard. eval_rows bounds the call's memory."""
+    return min(k, max(1, self.eval_rows // EVAL_CHUNK))
+
+  def _predict_chunk(self, params, start, size):
+    """[m, size] bool: which of examples start..start+size each of the m models gets right."""
+    x = self._inputs(tf.range(start, start + size))  # shared by the models: matmul broadcasts it
+    logits = stack_chains([mlp_logits([p[c] for p in params], x, self.dtype)[0]
+                           for c in self.chains(params[0].shape[0])])
+    return tf.argmax(logits, -1, output_type=tf.int32) == self.labels[start:start + size][None]
+
+  def correct(self, params):
+    """[K, n] bool: which examples each model classifies correctly."""
+    n, k = len(self.labels), int(params[0].shape[0])
+    models = self._models_per_evaluation(k)
+    return np.concatenate([
+        np.concatenate([self._predict([p[m:m + models] for p in params], tf.constant(s),
+                                      tf.constant(min(EVAL_CHUNK, n - s))).numpy()
+                        for s in range(0, n, EVAL_CHUNK)], axis=1)
+        for m in range(0, k, models)])
 
   def warm_up(self, k):
     """Compiles, ahead of the first group of k models, what it would compile on the way: the
@@ -566,36 +496,8 @@ class EnsembleTrainer:
       # weights they update are set afresh by train()
       epoch_fn(tf.zeros((k, steps, self.config.batch_size), tf.int32),
                tf.ones((steps, self.config.batch_size)))
-    models = self._evaluation_calls(k)[1]
+    models = self._models_per_evaluation(k)
     self._predict([w[:models] for w in self._weights(k)], tf.constant(0), tf.constant(1))
-
-  def learning_record(self):
-    """(hits, p_label), each [K, n] float32, of the last train(): per example, over the epochs,
-    how often the model classified it correctly, and its summed probability of the label, each
-    read from the forward pass before the step that trained on it; 0 where it did not train."""
-    record = self._state(self._last_k)[2].numpy()
-    return record[..., 0], record[..., 1]
-
-  def _predict_chunk(self, params, start, size):
-    """[K, size] bool: which of examples start..start+size each model gets right."""
-    x = self._inputs(tf.range(start, start + size))
-    y = self.labels[start:start + size]
-    if self.per_model:  # K independent chains, run side by side on the cores
-      logits = tf.stack([mlp_logits([p[m] for p in params], x, self.dtype)[0]
-                         for m in range(params[0].shape[0])])
-    else:  # [1, size, in] x [K, in, out]: matmul broadcasts the shared inputs
-      logits = mlp_logits(params, x[None], self.dtype)[0]
-    return tf.argmax(logits, -1, output_type=tf.int32) == y[None]
-
-  def correct(self, params):
-    """[K, n] bool: which examples each model classifies correctly."""
-    n, k = len(self.labels), int(params[0].shape[0])
-    chunk, models = self._evaluation_calls(k)
-    return np.concatenate([
-        np.concatenate([self._predict([p[m:m + models] for p in params], tf.constant(s),
-                                      tf.constant(min(chunk, n - s))).numpy()
-                        for s in range(0, n, chunk)], axis=1)
-        for m in range(0, k, models)])
 
 
 class RunGroup(typing.NamedTuple):
@@ -604,452 +506,49 @@ class RunGroup(typing.NamedTuple):
   correct: np.ndarray     # bool: those the trained model classifies correctly
   hits: np.ndarray        # float32: epochs in which it classified the example correctly while
                           # training on it (before each step's update); 0 if held out
-  p_label: np.ndarray     # float32: its probability of the label, summed over those epochs
+  confidence: np.ndarray  # float32: its mean probability of the label over the epochs, likewise
 
 
 def train_run_group(trainer, ratio, seeds, on_step=None):
   """Trains runs `seeds` at `ratio`; returns their RunGroup. on_step(i) is called after each
   epoch i < epochs and after the evaluation (i = epochs)."""
-  n = len(trainer.labels)
+  n, epochs = len(trainer.labels), trainer.config.epochs
   params = trainer.train(seeds, ratio, on_step)
   held_out = np.stack([held_out_mask(s, n, ratio) for s in seeds])
   correct = trainer.correct(params)
   if on_step:
-    on_step(trainer.config.epochs)
-  return RunGroup(held_out, correct, *trainer.learning_record())
-
-
-def flops_per_example(config):
-  """(training step, forward pass) FLOPs of one example: forward 2 sum(in out); backward the
-  weight gradients 2 sum(in out) plus the input gradients of all layers but the first."""
-  sizes = layer_sizes(config)
-  forward = 2 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
-  return 2 * forward + 2 * sum(i * o for i, o in zip(sizes[1:-1], sizes[2:])), forward
-
-
-def model_work(config, n, ratio):
-  """(training, evaluation) FLOPs of one model: every epoch on its subset, then all n examples.
-  A model at ratio 0.9 costs about 6.5 times one at 0.1."""
-  train, forward = flops_per_example(config)
-  return train * subset_size(n, ratio) * config.epochs, forward * n
+    on_step(epochs)
+  hits, confidence = trainer.learning_record()
+  return RunGroup(held_out, correct, hits, confidence / epochs)
 
 
 # ------------------------------------------------------------------------------------------------
-# Results store: every finished run, saved as it finishes, by one process or by many.
-#
-#   OUT/cscore-runs/settings.json     what the runs depend on (training settings, data hash)
-#   OUT/cscore-runs/runs-*.npz        one file per group of runs: ratio, seeds, held-out and
-#                                     correct masks (bit-packed), the learning record, and the
-#                                     device and matmul precision that trained them
-#   OUT/cscore-runs/.lock*            the operating system's locks (below)
-# Each file is written to a temporary name and renamed, so a killed process never leaves half a
-# file; settings.json is created exclusively, so two processes starting at once agree on it.
+# Estimator: C-scores and what else the runs tell, from the runs a command names.
 # ------------------------------------------------------------------------------------------------
-
-STORE_DIR = 'cscore-runs'
-SETTINGS_FILE = 'settings.json'
-
-
-def store_settings(config, fingerprint):
-  s = {k: getattr(config, k) for k in TRAINING_SETTINGS}
-  s['hidden'] = list(s['hidden'])
-  s['data'] = fingerprint
-  return s
-
-
-TEMP_PREFIX = '.cscore-tmp-'  # distinctive: --out-dir may be a folder of the user's own
-
-
-def mode_of_new_files():
-  """The permissions open() gives a new file, 0o666 less the umask. mkstemp's own 0o600 would
-  hide the outputs and the store from the rest of a lab's group on a shared filesystem. Read
-  once, at import, while no other thread can create a file under the umask briefly set to 0."""
-  umask = os.umask(0)
-  os.umask(umask)
-  return 0o666 & ~umask
-
-
-NEW_FILE_MODE = mode_of_new_files()
-
-
-@contextlib.contextmanager
-def temporary_file(folder, tag=''):
-  """(file, path) of a new temporary file in folder, named .cscore-tmp-<tag>-...: a process
-  clears only the leftovers of its own tag. Written, flushed and synced on leaving; deleted on
-  an error."""
-  fd, tmp = tempfile.mkstemp(dir=folder or '.', prefix=f'{TEMP_PREFIX}{tag}-' if tag else TEMP_PREFIX)
-  try:
-    os.chmod(tmp, NEW_FILE_MODE)
-    with os.fdopen(fd, 'wb') as f:
-      yield f, tmp
-      f.flush()
-      os.fsync(f.fileno())
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(tmp)
-    raise
-
-
-def write_atomically(path, write, tag=''):
-  """Calls write(file) on a temporary file beside path, then renames it to path."""
-  with temporary_file(os.path.dirname(path), tag) as (f, tmp):
-    write(f)
-  try:
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(tmp)
-    raise
-
-
-def create_exclusively(path, text, tag=''):
-  """Creates path holding text unless it exists; returns whether this call created it. The text
-  goes to a temporary file first, then is hard-linked to path (atomic, and it fails if path
-  exists), so a reader never sees it half written."""
-  with temporary_file(os.path.dirname(path), tag) as (f, tmp):
-    f.write(text.encode())
-  try:
-    os.link(tmp, path)
-    return True
-  except FileExistsError:
-    return False
-  except OSError:  # a filesystem without hard links: exclusive creation, then the text
-    try:
-      with open(path, 'x') as f:
-        f.write(text)
-      return True
-    except FileExistsError:
-      return False
-  finally:
-    os.unlink(tmp)
-
-
-# Locks. Who may share a store at once:
-#   * one unsharded training run, alone: an exclusive lock on .lock;
-#   * shards of one N (--shard I/N), each I once, and --estimate-only or --merge beside them:
-#     a shared lock on .lock; a shard also holds an exclusive lock on .lock-shard-I-of-N and a
-#     shared one on .lock-shards-N, which a shard of another N probes. Every lock is the
-#     operating system's own, so it ends with its process, even on kill -9.
-
-def try_lock(f, exclusive):
-  """Locks an open file without waiting; returns whether it got the lock. flock on POSIX
-  (shared or exclusive); on Windows msvcrt.locking, which is only exclusive."""
-  if fcntl is not None:
-    try:
-      fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-      return True
-    except BlockingIOError:
-      return False
-  if msvcrt is not None:
-    f.seek(0)
-    try:
-      msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-      return True
-    except OSError:
-      return False
-  return True  # no OS lock on this platform: lock_store warned
-
-
-def unlock(f):
-  if fcntl is not None:
-    fcntl.flock(f, fcntl.LOCK_UN)
-  elif msvcrt is not None:
-    f.seek(0)
-    msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-
-
-def lock_file(folder, name, exclusive, refusal, stack):
-  """Opens folder/name and locks it for the rest of `stack`, or raises CScoreError(refusal)."""
-  f = stack.enter_context(open(os.path.join(folder, name), 'a+'))
-  if not try_lock(f, exclusive):
-    raise CScoreError(refusal)
-  return f
-
-
-@contextlib.contextmanager
-def lock_store(out_dir, shard=None, reader=False, existing=False):
-  """Creates the store's folder and takes this process's locks on it (see above), so that
-  processes that must not share a store refuse at once instead of interleaving runs. `shard` is
-  (I, N); `reader`: --estimate-only or --merge; `existing`: the store must exist already."""
-  path = os.path.join(out_dir, STORE_DIR)
-  if existing and not os.path.isfile(os.path.join(path, SETTINGS_FILE)):
-    raise CScoreError(f'{out_dir} holds no results store ({os.path.join(path, SETTINGS_FILE)} is missing)')
-  try:
-    os.makedirs(path, exist_ok=True)
-    tempfile.TemporaryFile(dir=out_dir).close()  # the outputs go to out_dir itself
-  except OSError as e:
-    raise CScoreError(f'cannot write to --out-dir {out_dir}: {e.strerror or e}') from e
-  if fcntl is None and msvcrt is None:
-    print(f'mnist.py: warning: this platform has no file locks; nothing stops a second process '
-          f'on {path}', file=sys.stderr)
-  with contextlib.ExitStack() as stack:
-    busy = f'another mnist.py is running on {path}'
-    if shard is None and not reader:
-      lock_file(path, '.lock', True, f'{busy}; wait for it to end, or use another --out-dir', stack)
-    elif fcntl is None:  # msvcrt's locks are exclusive only
-      lock_file(path, '.lock', True, f'{busy}; on this platform a store takes one process at a time', stack)
-    else:
-      lock_file(path, '.lock', False, f'an unsharded mnist.py is training on {path}; wait for it to '
-                'end, or use another --out-dir', stack)
-    if shard is not None:
-      i, n = shard
-      lock_file(path, f'.lock-shard-{i}-of-{n}', True, f'shard {i}/{n} is already running on {path}', stack)
-      with open(os.path.join(path, '.lock-start'), 'a+') as start:
-        # One starting shard at a time takes its N's lock and probes the other N's: two shards
-        # starting together would otherwise collide on their probes and one refuse wrongly.
-        if fcntl is not None:  # (on Windows the exclusive .lock above admits one process)
-          fcntl.flock(start, fcntl.LOCK_EX)  # held for milliseconds; the OS drops it with its holder
-        lock_file(path, f'.lock-shards-{n}', False, f'shards of another N are starting on {path}', stack)
-        for other in sorted(os.listdir(path)):
-          if other.startswith('.lock-shards-') and other != f'.lock-shards-{n}':
-            with open(os.path.join(path, other), 'a+') as probe:
-              if not try_lock(probe, True):
-                raise CScoreError(f'shards of N = {other.rsplit("-", 1)[1]} are running on {path}, and '
-                                  f'this is shard {i}/{n}; a store takes shards of one N at a time')
-    yield
-
-
-def clear_leftovers(out_dir, path, tag):
-  """Deletes what killed writes left: every temporary file when this process has the store to
-  itself (tag ''; in the store also those of older versions, named .tmp-...), else only those
-  of its own tag (a restarted shard's)."""
-  for folder in ((path,) if tag else (out_dir, path)):
-    for name in os.listdir(folder):
-      if (name.startswith(f'{TEMP_PREFIX}{tag}-' if tag else TEMP_PREFIX)
-          or (not tag and folder == path and name.startswith('.tmp-'))):
-        with contextlib.suppress(FileNotFoundError):
-          os.unlink(os.path.join(folder, name))
-
-
-def read_settings(path):
-  settings_path = os.path.join(path, SETTINGS_FILE)
-  for attempt in range(3):
-    try:
-      with open(settings_path) as f:
-        text = f.read()
-      if text or attempt == 2:  # empty: another process is still writing it (no hard links)
-        settings = json.loads(text)
-        if not isinstance(settings, dict):
-          raise ValueError(f'not a JSON object but {type(settings).__name__}')
-        return settings
-    except (OSError, ValueError) as e:
-      raise CScoreError(f'{settings_path} is unreadable ({first_line(e)}); fix or delete it, or start over: an unsharded run with --fresh discards the store') from e
-    time.sleep(1)
-
-
-def check_settings(path, settings):
-  """Refuses a store made with other settings, naming each difference."""
-  stored = read_settings(path)
-  diffs = [f'{k}: store has {stored.get(k)!r}, this run {v!r}'
-           for k, v in settings.items() if stored.get(k) != v]
-  if diffs:
-    raise CScoreError(f'the results store {path} was made with other settings '
-                      f'({"; ".join(diffs)}); use them, another --out-dir, or --fresh')
-
-
-def open_store(out_dir, settings, fresh=False, tag=''):
-  """The store's folder, created or checked against `settings`; `fresh` empties it first.
-  tag: '' for a process that has the store to itself, else its own (a shard's)."""
-  path = os.path.join(out_dir, STORE_DIR)
-  settings_path = os.path.join(path, SETTINGS_FILE)
-  os.makedirs(path, exist_ok=True)
-  clear_leftovers(out_dir, path, tag)
-  if fresh:
-    for name in os.listdir(path):
-      if name.endswith('.npz') or name == SETTINGS_FILE:
-        os.unlink(os.path.join(path, name))
-  if not os.path.exists(settings_path):
-    if any(name.startswith('runs-') for name in os.listdir(path)):
-      raise CScoreError(f'{path} holds runs but no {SETTINGS_FILE}: their settings are unknown; '
-                        'use another --out-dir, or start over: an unsharded run with --fresh discards the store')
-    if create_exclusively(settings_path, json.dumps(settings, indent=1), tag):
-      return path
-  check_settings(path, settings)  # made before, or just now by a process that started with us
-  return path
-
-
-def ratio_key(ratio):
-  return round(float(ratio), 6)
-
-
-# What a file of an older store does not say: where its runs trained.
-UNKNOWN_HARDWARE = ('unknown device', 'unknown')
-
 
 class Run(typing.NamedTuple):
-  """One stored run, as load_runs gives it."""
-  held_out: np.ndarray            # [n] bool
-  correct: np.ndarray             # [n] bool
-  hits: np.ndarray = None         # [m] over the run's subset, in example order: epochs in which it
-                                  # was classified correctly while trained on; None in older stores
-  confidence: np.ndarray = None   # [m] uint8: the mean p(label) over the epochs, x 255, rounded
-  epochs: int = 0
-  hardware: tuple = UNKNOWN_HARDWARE  # the device kind and how its matmuls round
-  file: str = ''
+  """One run as the results store keeps it and the estimator reads it."""
+  held_out: np.ndarray    # [n] bool
+  correct: np.ndarray     # [n] bool
+  hits: np.ndarray        # [m] over the run's subset, in example order: epochs in which it was
+                          # classified correctly while trained on
+  confidence: np.ndarray  # [m] uint8: its mean probability of the label over the epochs, x 255
+  epochs: int
+  hardware: tuple         # the device kind and how its matmuls round, e.g. ('CPU', 'fp32')
+  file: str = ''          # the store file it came from
 
 
-def group_runs(group, epochs=None, hardware=UNKNOWN_HARDWARE):
-  """[Run] of a RunGroup: the learning record kept only over each run's subset, its mean p(label)
-  quantized to 8 bits (round(255 p): within 0.002). Masks alone, (held_out, correct), make runs
-  without a record, as older stores hold them."""
-  if not isinstance(group, RunGroup):
-    return [Run(h, c, hardware=hardware) for h, c in zip(*group)]
+def group_runs(group, epochs, hardware):
+  """[Run] of a RunGroup: the learning record kept only over each run's subset, its confidence
+  quantized to 8 bits (round(255 p): within 0.002)."""
   return [Run(h, c, hits[~h].round().astype(np.min_scalar_type(epochs)),
-              np.rint(p[~h] / epochs * 255).clip(0, 255).astype(np.uint8), epochs, hardware)
+              np.rint(p[~h] * 255).clip(0, 255).astype(np.uint8), epochs, hardware)
           for h, c, hits, p in zip(*group)]
 
 
-def run_file_name(ratio, seeds):
-  """runs-r<ratio>-s<lowest>-<highest>-k<K>-<hash of the seeds>.npz: the hash tells apart groups
-  whose seeds are not contiguous (a shard's share)."""
-  digest = hashlib.sha256(np.asarray(seeds, np.int64).tobytes()).hexdigest()[:8]
-  return f'runs-r{ratio_key(ratio):.6f}-s{min(seeds):06d}-{max(seeds):06d}-k{len(seeds)}-{digest}.npz'
-
-
-def write_run_file(store, ratio, seeds, runs, tag=''):
-  """Saves runs of one ratio (all of one device) as one file; returns its name. Masks are
-  bit-packed (7.5 KB each); the learning record is stored where every run has one."""
-  arrays = dict(ratio=np.float64(ratio), seeds=np.asarray(seeds, np.int64), n=np.int64(len(runs[0].held_out)),
-                held_out=np.packbits([r.held_out for r in runs], axis=1),
-                correct=np.packbits([r.correct for r in runs], axis=1))
-  if runs[0].hardware != UNKNOWN_HARDWARE:
-    arrays.update(device=np.str_(runs[0].hardware[0]), matmul=np.str_(runs[0].hardware[1]))
-  if all(r.hits is not None for r in runs):
-    arrays.update(epochs=np.int64(runs[0].epochs), hits=np.stack([r.hits for r in runs]),
-                  confidence=np.stack([r.confidence for r in runs]))
-  name = run_file_name(ratio, seeds)
-  write_atomically(os.path.join(store, name), lambda f: np.savez_compressed(f, **arrays), tag)
-  return name
-
-
-def save_runs(store, ratio, seeds, group, epochs=None, hardware=UNKNOWN_HARDWARE, tag=''):
-  """Saves a RunGroup (or just its masks); returns the file's name."""
-  return write_run_file(store, ratio, seeds, group_runs(group, epochs, hardware), tag)
-
-
-def read_run_file(path):
-  """The runs of one store file, [(ratio, seed, Run)]; a file that is not one is an error
-  naming it."""
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      ratio, seeds, n = float(f['ratio']), f['seeds'], int(f['n'])
-      held_out = np.unpackbits(f['held_out'], axis=1, count=n).astype(bool)
-      correct = np.unpackbits(f['correct'], axis=1, count=n).astype(bool)
-      hardware = (str(f['device']), str(f['matmul'])) if 'device' in f else UNKNOWN_HARDWARE
-      hits, confidence, epochs = ((f['hits'], f['confidence'], int(f['epochs'])) if 'hits' in f
-                                  else ([None] * len(seeds), [None] * len(seeds), 0))
-    if not len(seeds) == len(held_out) == len(correct) == len(hits) == len(confidence):
-      raise ValueError('its arrays disagree on the number of runs')
-    if hits[0] is not None and not all(len(h) == len(c) == (~o).sum()
-                                       for h, c, o in zip(hits, confidence, held_out)):
-      raise ValueError('its learning record does not match the runs\' subsets')
-  except Exception as e:
-    raise CScoreError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
-                      'delete it to retrain its runs (an unsharded run with --fresh discards the whole store)') from e
-  return [(ratio, int(s), Run(*record, epochs, hardware, str(path)))
-          for s, *record in zip(seeds, held_out, correct, hits, confidence)]
-
-
-def same_record(a, b):
-  """Whether two records of one run agree on all that both hold."""
-  return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ('held_out', 'correct', 'hits', 'confidence')
-             if getattr(a, f) is not None and getattr(b, f) is not None)
-
-
-def run_files(store):
-  return sorted(name for name in os.listdir(store) if name.startswith('runs-') and name.endswith('.npz'))
-
-
-def add_run(runs, ratio, seed, run):
-  """Adds a stored run to {(ratio, seed): Run}: once if stored twice identically (keeping the
-  record that has the learning proxies), an error naming both files if the records differ."""
-  key = ratio_key(ratio), seed
-  if key in runs and not same_record(runs[key], run):
-    raise CScoreError(f'run {seed} at ratio {key[0]} is stored twice with different results, '
-                      f'in {runs[key].file} and {run.file}: delete the one to distrust')
-  if key not in runs or (runs[key].hits is None and run.hits is not None):
-    runs[key] = run
-
-
-def load_runs(store):
-  """{(ratio, seed): Run} of every run in the store."""
-  runs = {}
-  for name in run_files(store):
-    for ratio, seed, run in read_run_file(os.path.join(store, name)):
-      add_run(runs, ratio, seed, run)
-  return runs
-
-
-def merge_stores(store, sources, settings, tag=''):
-  """Copies into `store` the runs of other out-dirs' stores that it lacks, each file landing
-  atomically; returns how many runs were copied. Their settings and data must be this run's,
-  and a run both hold must be the same in both."""
-  have, copied = load_runs(store), 0
-  for source in sources:
-    path = os.path.join(source, STORE_DIR)
-    if not os.path.isfile(os.path.join(path, SETTINGS_FILE)):
-      raise CScoreError(f'--merge {source}: no results store there ({os.path.join(path, SETTINGS_FILE)} is missing)')
-    check_settings(path, settings)
-    for name in run_files(path):
-      found = read_run_file(os.path.join(path, name))
-      new = [(ratio, seed, run) for ratio, seed, run in found if (ratio_key(ratio), seed) not in have]
-      for ratio, seed, run in found:
-        add_run(have, ratio, seed, run)
-      if new:
-        write_run_file(store, new[0][0], [seed for _, seed, _ in new], [run for *_, run in new], tag)
-        copied += len(new)
-  return copied
-
-
-# Sharing the work. N processes (a Slurm job array, a Kubernetes Indexed Job, one per GPU) each
-# train the runs whose shard number is theirs. It depends on (ratio, seed, N) alone, never on K,
-# the device or the store, so shards on any hardware, restarted at any moment, never train a run
-# twice; at every ratio consecutive seeds go round-robin, so each shard gets its share +-1 there.
-
-def shard_of(ratio, seed, shards):
-  """The shard (0 .. shards - 1) that trains run `seed` at `ratio`. The round-robin starts at an
-  offset of the ratio's own, so that the odd runs left over at each ratio fall to different
-  shards."""
-  return (seed + zlib.crc32(f'{ratio_key(ratio):.6f}'.encode())) % shards
-
-
-def run_seeds(config):
-  return range(config.seed, config.seed + config.runs)
-
-
-def command_share(config, shard=None):
-  """[(ratio, seed)] of the command's runs (its ratios x seeds); with shard = (I, N), only
-  shard I's."""
-  return [(ratio, s) for ratio in config.ratios for s in run_seeds(config)
-          if shard is None or shard_of(ratio, s, shard[1]) == shard[0]]
-
-
-def missing_runs(runs, config, shard=None):
-  """{ratio: [seeds]} of this command's runs (of `shard`, if given) that are not stored."""
-  missing = collections.defaultdict(list)
-  for ratio, s in command_share(config, shard):
-    if (ratio_key(ratio), s) not in runs:
-      missing[ratio].append(s)
-  return dict(missing)
-
-
-def planned_groups(config, done, k, shard=None):
-  """The (ratio, seeds) groups still to train (of `shard` = (I, N), if given), round-robin over
-  ratios: a run stopped early has runs at every ratio, so its partial scores mean something."""
-  per_ratio = [[(ratio, seeds[i:i + k]) for i in range(0, len(seeds), k)]
-               for ratio, seeds in missing_runs(done, config, shard).items()]
-  rounds = max((len(g) for g in per_ratio), default=0)
-  return [g[j] for j in range(rounds) for g in per_ratio if j < len(g)]
-
-
-# ------------------------------------------------------------------------------------------------
-# Estimation: C-scores from the stored runs.
-# ------------------------------------------------------------------------------------------------
-
-def command_runs(runs, config, ratio):
-  """This command's runs at `ratio` that are done, [Run], in seed order."""
-  return [runs[ratio_key(ratio), s] for s in run_seeds(config)
-          if (ratio_key(ratio), s) in runs]
+def finished_runs(runs, config, ratio):
+  """[Run] of the command's runs at `ratio` that are done, in seed order."""
+  return [runs[ratio_key(ratio), s] for s in run_seeds(config) if (ratio_key(ratio), s) in runs]
 
 
 def masks(found):
@@ -1073,6 +572,11 @@ def mean_over_ratios(per_ratio):
   total = np.where(counted, per_ratio, 0).sum(0)
   with np.errstate(invalid='ignore', divide='ignore'):
     return np.where(counted.any(0), total / counted.sum(0), np.nan)
+
+
+def heldout_accuracy(held_out, correct):
+  """Mean over runs of each run's accuracy on the examples it held out."""
+  return float(np.mean((held_out & correct).sum(1) / np.maximum(held_out.sum(1), 1)))
 
 
 def binomial_variance(p, count):
@@ -1104,11 +608,6 @@ def runs_to_halve_standard_error(est):
   return 16 * runs
 
 
-def heldout_accuracy(held_out, correct):
-  """Mean over runs of each run's accuracy on the examples it held out."""
-  return float(np.mean((held_out & correct).sum(1) / np.maximum(held_out.sum(1), 1)))
-
-
 def spearman_brown(r, factor):
   """The reliability of an estimate `factor` times as large as one of reliability r (NaN for a
   negative r: no reliability to project)."""
@@ -1134,16 +633,15 @@ def split_half_reliability(found_per_ratio, n):
 
 
 def learning_proxies(found, n):
-  """Per example, the mean over the runs that trained on it (and recorded it) of the fraction
-  of epochs in which it was classified correctly before its step's update, and of its mean
-  p(label): how fast and how confidently it is learned. NaN where no such run trained on it."""
+  """Per example, the mean over the runs that trained on it of the fraction of epochs in which
+  it was classified correctly before its step's update, and of its confidence (mean probability
+  of the label): how fast and how confidently it is learned. NaN where no run trained on it."""
   speed, confidence, count = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
   for run in found:
-    if run.hits is not None:
-      trained = ~run.held_out
-      speed[trained] += run.hits / run.epochs
-      confidence[trained] += run.confidence / 255
-      count[trained] += 1
+    trained = ~run.held_out
+    speed[trained] += run.hits / run.epochs
+    confidence[trained] += run.confidence / 255
+    count[trained] += 1
   with np.errstate(invalid='ignore', divide='ignore'):
     return np.where(count > 0, speed / count, np.nan), np.where(count > 0, confidence / count, np.nan)
 
@@ -1165,27 +663,32 @@ class Estimates:
   reliability_200_runs: float   # projected to 200 runs per ratio
   split_half_cscores: np.ndarray  # [2, n] the C-scores of each half
   learning_speed: np.ndarray    # [n] mean over runs trained on it: epochs right / epochs
-  learning_confidence: np.ndarray  # [n] and its mean p(label) while trained on
+  learning_confidence: np.ndarray  # [n] and its mean probability of the label while trained on
 
 
 def estimate(runs, config, n):
   """Estimates from this command's runs (its ratios x seeds) that are done."""
   L = len(config.ratios)
-  per_ratio, mem = np.full((L, n), np.nan), np.full((L, n), np.nan)
+  per_ratio, memorization = np.full((L, n), np.nan), np.full((L, n), np.nan)
   counts = np.zeros((L, n), dtype=np.int64)
   done, accuracy = np.zeros(L, dtype=np.int64), np.full(L, np.nan)
-  found = [command_runs(runs, config, ratio) for ratio in config.ratios]
+  found = [finished_runs(runs, config, ratio) for ratio in config.ratios]
   for j, f in enumerate(found):
     if not f:
       continue
     held_out, correct = masks(f)
     per_ratio[j], counts[j] = fraction_correct(held_out, correct)
-    mem[j] = fraction_correct(~held_out, correct)[0] - per_ratio[j]
+    memorization[j] = fraction_correct(~held_out, correct)[0] - per_ratio[j]
     done[j], accuracy[j] = len(held_out), heldout_accuracy(held_out, correct)
-  return Estimates(np.array(config.ratios), done, accuracy, per_ratio, counts,
-                   mean_over_ratios(per_ratio), standard_error(per_ratio, counts), mem,
-                   mean_over_ratios(mem), *split_half_reliability(found, n),
-                   *learning_proxies([r for f in found for r in f], n))
+  r, whole, at_200_runs, halves = split_half_reliability(found, n)
+  speed, confidence = learning_proxies([run for f in found for run in f], n)
+  return Estimates(
+      ratios=np.array(config.ratios), runs=done, heldout_accuracy=accuracy,
+      per_ratio=per_ratio, held_out_counts=counts, cscores=mean_over_ratios(per_ratio),
+      standard_error=standard_error(per_ratio, counts),
+      memorization_per_ratio=memorization, memorization=mean_over_ratios(memorization),
+      split_half_r=r, reliability=whole, reliability_200_runs=at_200_runs, split_half_cscores=halves,
+      learning_speed=speed, learning_confidence=confidence)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1318,7 +821,9 @@ def proxy_agreement(proxy, cscores, hardest=0.1):
   if both.sum() < 3:
     return np.nan, np.nan, both
   hard = both & (cscores <= np.quantile(cscores[both], hardest))
-  rho = lambda where: float(scipy.stats.spearmanr(proxy[where], cscores[where]).statistic)
+  def rho(where):  # NaN where either is constant, as scipy says with a warning
+    a, b = proxy[where], cscores[where]
+    return float(scipy.stats.spearmanr(a, b).statistic) if np.ptp(a) and np.ptp(b) else np.nan
   return rho(both), rho(hard) if hard.sum() > 2 else np.nan, both
 
 
@@ -1389,6 +894,21 @@ def write_outputs(out_dir, images, labels, runs, config, tag=''):
   return est
 
 
+def write_outputs_and_summarize(args, config, images, labels, store, runs, trained, seconds, interrupted):
+  """Writes the outputs from the stored runs the command names; returns the summary's lines.
+  With none stored that is an error, unless Ctrl-C stopped the very first group."""
+  if not any(finished_runs(runs, config, r) for r in config.ratios):
+    if interrupted:
+      return []
+    raise CScoreError(f'{store} holds none of the runs this command names ({len(config.ratios)} '
+                      f'ratios x seeds {seed_ranges(run_seeds(config))}); '
+                      'train them first, or check --runs, --ratios and --seed')
+  est = write_outputs(args.out_dir, images, labels, runs, config, process_tag(args))
+  missing = missing_line(runs, config)
+  return (summary_lines(est, runs, config, trained, seconds) + ([missing] if missing else [])
+          + written_lines(args.out_dir, est))
+
+
 def reliability_line(est):
   if np.isnan(est.reliability):
     return 'split-half reliability: not available (it needs at least 2 runs at every ratio)'
@@ -1400,7 +920,7 @@ def reliability_line(est):
 def hardware_line(runs, config):
   """Which devices and matmul precisions trained the runs in the estimate."""
   kinds = collections.Counter(r.hardware for ratio in config.ratios
-                              for r in command_runs(runs, config, ratio))
+                              for r in finished_runs(runs, config, ratio))
   listed = ', '.join(f'{count} on {device} ({matmul})' for (device, matmul), count in kinds.most_common())
   return f'runs in the estimate trained {"on mixed hardware: " if len(kinds) > 1 else ""}{listed}'
 
@@ -1451,7 +971,7 @@ def missing_line(runs, config):
 def shard_lines(runs, config, shard, trained):
   """A shard's summary: its own runs done and left, and the whole command's."""
   i, n = shard
-  share = len(command_share(config, shard))
+  share = len(runs_named(config, shard))
   left = sum(len(s) for s in missing_runs(runs, config, shard).values())
   total = len(config.ratios) * config.runs
   stored = total - sum(len(s) for s in missing_runs(runs, config).values())
@@ -1474,8 +994,631 @@ def written_lines(out_dir, est):
 
 
 # ------------------------------------------------------------------------------------------------
-# Running the command: train what is missing under a progress bar, then write the outputs
+# main: load the data, train the runs the store lacks, estimate, write the outputs
 # ------------------------------------------------------------------------------------------------
+
+INTERRUPTED = 'interrupted: finished runs are kept in the store; run the same command again to resume'
+
+
+def main(argv=None):
+  config, args = parse_args(argv)
+  start = time.perf_counter()
+  try:
+    with lock_store(args.out_dir, args.shard, reader=bool(args.estimate_only or args.merge),
+                    existing=args.estimate_only and not args.merge):
+      configure_tensorflow()  # after the lock: a refused process answers at once
+      images, labels = load_mnist(args.data_dir, args.manual_dir)
+      store, runs = open_and_load_store(args, config, images, labels)
+      trained, interrupted = train_share(args, config, images, labels, store, runs)
+      if args.shard:  # a shard's own summary, with the runs the other shards stored meanwhile
+        lines = shard_lines(load_runs(store), config, args.shard, trained)
+      else:
+        lines = write_outputs_and_summarize(args, config, images, labels, store, runs, trained,
+                                            time.perf_counter() - start, interrupted)
+  except KeyboardInterrupt:
+    print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)
+    return 130
+  except (CScoreError, OSError) as e:
+    print(f'mnist.py: error: {e}', file=sys.stderr)
+    return 1
+  except Exception as e:
+    if not out_of_memory(e):
+      raise
+    print('mnist.py: error: out of memory; use a smaller --models-at-once or --batch-size',
+          file=sys.stderr)
+    return 1
+  for line in lines:
+    print(line)
+  if interrupted:
+    print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)
+    return 130
+  return 0
+
+
+# ================================================================================================
+# MACHINERY: nothing below changes a score
+# ================================================================================================
+
+# ------------------------------------------------------------------------------------------------
+# TensorFlow and stderr: loaded on first use, quietly; the devices it sees.
+# ------------------------------------------------------------------------------------------------
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: no start-up log
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+  """Hides what native libraries write to stderr (TensorFlow logs some lines before its own
+  log level applies); Python's exceptions are raised as usual."""
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+class LazyTensorFlow(types.ModuleType):
+  """TensorFlow, imported on first use: it takes seconds to load, and --help or a mistyped flag
+  should answer at once."""
+
+  def __getattr__(self, name):
+    global tf
+    try:
+      with native_stderr_silenced():
+        import tensorflow
+    except ImportError as e:
+      raise CScoreError(f'TensorFlow cannot be imported ({first_line(e)}); install what the script '
+                        'needs: pip install -r requirements.txt') from e
+    tf = tensorflow
+    return getattr(tensorflow, name)
+
+
+tf = LazyTensorFlow('tensorflow')
+
+
+def out_of_memory(error):
+  """Whether an error is running out of memory: the host's, or a device's. TensorFlow is not
+  imported for the question: if it is not loaded, none of its errors can have been raised."""
+  tensorflow = sys.modules.get('tensorflow')
+  return isinstance(error, MemoryError) or (
+      tensorflow is not None and isinstance(error, tensorflow.errors.ResourceExhaustedError))
+
+
+@functools.cache  # the devices do not change within a process
+def accelerators():
+  """The GPUs TensorFlow sees. Its first device query also starts its runtime, which logs
+  (e.g. a failed CUDA init on a CPU machine) past TF_CPP_MIN_LOG_LEVEL: hence the silence."""
+  with native_stderr_silenced():
+    return tf.config.list_physical_devices('GPU')
+
+
+def cpu_cores():
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def cpu_name():
+  with contextlib.suppress(OSError):
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  return platform.processor() or platform.machine()
+
+
+def configure_tensorflow():
+  """On a CPU: deterministic ops, and one thread per op with as many ops at once as cores (the
+  per-model chains' parallelism). Call it before TensorFlow's first op."""
+  tf.get_logger().setLevel('ERROR')  # not its retracing notes
+  if accelerators():
+    return
+  # Bit-identical reruns and resumes; measured at no cost (within noise) on the CPU.
+  tf.config.experimental.enable_op_determinism()
+  with contextlib.suppress(RuntimeError):  # the runtime has started: keep its settings
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(cpu_cores())
+
+
+@functools.cache
+def device_kind():
+  """What trains here, as each stored run records it: 'CPU', or the first GPU's name."""
+  gpus = accelerators()
+  if not gpus:
+    return 'CPU'
+  return tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')
+
+
+def matmul_precision(config):
+  """How the matmuls round: 'bf16', 'tf32' (float32 on an Ampere or newer GPU, where TensorFlow
+  uses TensorFloat-32 by default) or 'fp32'."""
+  if config.precision == 'bfloat16':
+    return 'bf16'
+  gpus = accelerators()
+  if gpus and tf.config.experimental.is_tensor_float_32_execution_enabled():
+    if tf.config.experimental.get_device_details(gpus[0]).get('compute_capability', (0, 0)) >= (8, 0):
+      return 'tf32'
+  return 'fp32'
+
+
+@functools.cache  # one nvidia-smi call, however many ask
+def gpu_memory_bytes():
+  """Total memory of the first GPU this process sees (nvidia-smi; CUDA_VISIBLE_DEVICES picks
+  it, as in one process per GPU), or None."""
+  import subprocess
+  first = os.environ.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0].strip() or '0'
+  try:
+    out = subprocess.run(['nvidia-smi', '-i', first, '--query-gpu=memory.total',
+                          '--format=csv,noheader,nounits'],
+                         capture_output=True, text=True, timeout=10).stdout
+    return int(out.split()[0]) * 2**20
+  except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Device sizing: how many models train at once (K), evaluation chunks, the opening line.
+# ------------------------------------------------------------------------------------------------
+
+def per_model_bytes(config, n=60000):
+  """Training memory of one model: weights, momentum and gradients, a batch's activations, and
+  its learning record (two floats per example)."""
+  sizes = layer_sizes(config)
+  weights = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
+  return 4 * (3 * weights + 4 * config.batch_size * sum(sizes) + 2 * n)
+
+
+def default_models_at_once(runs, config=Config()):
+  """K. On a CPU: enough chains to keep every core busy (8 is as fast as 16 on 2 cores). On a
+  GPU: as many as a quarter of its memory holds (about 10 MB a model: 2,000 on an 80 GB GPU, so
+  there every run of a ratio trains at once)."""
+  if accelerators():
+    k = (gpu_memory_bytes() or 8 * 2**30) // 4 // per_model_bytes(config)
+  else:
+    k = max(8, 2 * cpu_cores())
+  return int(max(1, min(k, runs)))
+
+
+# Evaluation goes EVAL_CHUNK examples at a time, whatever K (see EnsembleTrainer.correct).
+EVAL_CHUNK = 10_000
+
+
+def default_eval_rows(config=Config()):
+  """Models x examples per evaluation call: its activations take 4 bytes x sum(layer sizes) a
+  row, about 1 GB for 160,000 rows; on a GPU, an eighth of its memory."""
+  if accelerators():
+    return int((gpu_memory_bytes() or 8 * 2**30) // 8 // (4 * sum(layer_sizes(config))))
+  return 160_000
+
+
+def device_description(config):
+  """Where the models train, for the line that opens a run."""
+  if accelerators():
+    memory = gpu_memory_bytes()
+    where = f'{device_kind()}' + (f' ({memory / 2**30:.0f} GB)' if memory else '')
+  else:
+    where = f'the CPU ({cpu_name()}, {cpu_cores()} cores)'
+  return f'{where}, {config.precision} ({matmul_precision(config)} matmuls)'
+
+
+# ------------------------------------------------------------------------------------------------
+# Results store: every finished run, saved as it finishes, by one process or by many.
+#
+#   OUT/cscore-runs/settings.json     what the runs depend on (training settings, data hash)
+#   OUT/cscore-runs/runs-*.npz        one file per group of runs: ratio, seeds, held-out and
+#                                     correct masks (bit-packed), the learning record, and the
+#                                     device and matmul precision that trained them
+#   OUT/cscore-runs/.lock*            the operating system's locks (see Locks)
+# Each file is written to a temporary name and renamed, so a killed process never leaves half a
+# file; settings.json is created exclusively, so two processes starting at once agree on it.
+# ------------------------------------------------------------------------------------------------
+
+STORE_DIR = 'cscore-runs'
+SETTINGS_FILE = 'settings.json'
+
+
+def store_settings(config, fingerprint):
+  s = {k: getattr(config, k) for k in TRAINING_SETTINGS}
+  s['hidden'] = list(s['hidden'])
+  s['data'] = fingerprint
+  return s
+
+
+def data_fingerprint(images, labels):
+  """A short hash of the data, so that a store is never mixed with runs on other data."""
+  h = hashlib.sha256()
+  h.update(np.ascontiguousarray(images).tobytes())
+  h.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
+  return f'{len(labels)}:{h.hexdigest()[:16]}'
+
+
+TEMP_PREFIX = '.cscore-tmp-'  # distinctive: --out-dir may be a folder of the user's own
+
+
+def mode_of_new_files():
+  """The permissions open() gives a new file, 0o666 less the umask. mkstemp's own 0o600 would
+  hide the outputs and the store from the rest of a lab's group on a shared filesystem. Read
+  once, at import, while no other thread can create a file under the umask briefly set to 0."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
+NEW_FILE_MODE = mode_of_new_files()
+
+
+@contextlib.contextmanager
+def temporary_file(folder, tag=''):
+  """(file, path) of a new temporary file in folder, named .cscore-tmp-<tag>-...: a process
+  clears only the leftovers of its own tag. Written, flushed and synced on leaving; deleted on
+  an error."""
+  fd, tmp = tempfile.mkstemp(dir=folder or '.', prefix=f'{TEMP_PREFIX}{tag}-' if tag else TEMP_PREFIX)
+  try:
+    os.chmod(tmp, NEW_FILE_MODE)
+    with os.fdopen(fd, 'wb') as f:
+      yield f, tmp
+      f.flush()
+      os.fsync(f.fileno())
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+
+
+def write_atomically(path, write, tag=''):
+  """Calls write(file) on a temporary file beside path, then renames it to path."""
+  with temporary_file(os.path.dirname(path), tag) as (f, tmp):
+    write(f)
+  try:
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+
+
+def create_exclusively(path, text, tag=''):
+  """Creates path holding text unless it exists; returns whether this call created it. The text
+  goes to a temporary file first, then is hard-linked to path (atomic, and it fails if path
+  exists), so a reader never sees it half written."""
+  with temporary_file(os.path.dirname(path), tag) as (f, tmp):
+    f.write(text.encode())
+  try:
+    os.link(tmp, path)
+    return True
+  except FileExistsError:
+    return False
+  except OSError:  # a filesystem without hard links: exclusive creation, then the text
+    try:
+      with open(path, 'x') as f:
+        f.write(text)
+      return True
+    except FileExistsError:
+      return False
+  finally:
+    os.unlink(tmp)
+
+
+def clear_leftovers(out_dir, path, tag):
+  """Deletes what killed writes left: every temporary file when this process has the store to
+  itself (tag ''), else only those of its own tag (a restarted shard's)."""
+  for folder in ((path,) if tag else (out_dir, path)):
+    for name in os.listdir(folder):
+      if name.startswith(f'{TEMP_PREFIX}{tag}-' if tag else TEMP_PREFIX):
+        with contextlib.suppress(FileNotFoundError):
+          os.unlink(os.path.join(folder, name))
+
+
+def read_settings(path):
+  settings_path = os.path.join(path, SETTINGS_FILE)
+  for attempt in range(3):
+    try:
+      with open(settings_path) as f:
+        text = f.read()
+      if text or attempt == 2:  # empty: another process is still writing it (no hard links)
+        settings = json.loads(text)
+        if not isinstance(settings, dict):
+          raise ValueError(f'not a JSON object but {type(settings).__name__}')
+        return settings
+    except (OSError, ValueError) as e:
+      raise CScoreError(f'{settings_path} is unreadable ({first_line(e)}); fix or delete it, or start over: an unsharded run with --fresh discards the store') from e
+    time.sleep(1)
+
+
+def check_settings(path, settings):
+  """Refuses a store made with other settings, naming each difference."""
+  stored = read_settings(path)
+  diffs = [f'{k}: store has {stored.get(k)!r}, this run {v!r}'
+           for k, v in settings.items() if stored.get(k) != v]
+  if diffs:
+    raise CScoreError(f'the results store {path} was made with other settings '
+                      f'({"; ".join(diffs)}); use them, another --out-dir, or --fresh')
+
+
+def open_store(out_dir, settings, fresh=False, tag=''):
+  """The store's folder, created or checked against `settings`; `fresh` empties it first.
+  tag: '' for a process that has the store to itself, else its own (a shard's)."""
+  path = os.path.join(out_dir, STORE_DIR)
+  settings_path = os.path.join(path, SETTINGS_FILE)
+  os.makedirs(path, exist_ok=True)
+  clear_leftovers(out_dir, path, tag)
+  if fresh:
+    for name in os.listdir(path):
+      if name.endswith('.npz') or name == SETTINGS_FILE:
+        os.unlink(os.path.join(path, name))
+  if not os.path.exists(settings_path):
+    if any(name.startswith('runs-') for name in os.listdir(path)):
+      raise CScoreError(f'{path} holds runs but no {SETTINGS_FILE}: their settings are unknown; '
+                        'use another --out-dir, or start over: an unsharded run with --fresh discards the store')
+    if create_exclusively(settings_path, json.dumps(settings, indent=1), tag):
+      return path
+  check_settings(path, settings)  # made before, or just now by a process that started with us
+  return path
+
+
+def process_tag(args):
+  """The temporary-file tag of this process: '' when it has the store to itself, a shard's own
+  (a restart clears its leftovers), or one unique to this process (--estimate-only, --merge)."""
+  if args.shard:
+    return f'shard-{args.shard[0]}-of-{args.shard[1]}'
+  if args.estimate_only or args.merge:
+    return f'{socket.gethostname()}-{os.getpid()}'
+  return ''
+
+
+def open_and_load_store(args, config, images, labels):
+  """The store in --out-dir, created or checked (and merged into, with --merge), and its runs."""
+  settings = store_settings(config, data_fingerprint(images, labels))
+  store = open_store(args.out_dir, settings, fresh=args.fresh, tag=process_tag(args))
+  if args.merge:
+    print(f'merged {merge_stores(store, args.merge, settings, process_tag(args))} runs into {store}')
+  return store, load_runs(store)
+
+
+def run_file_name(ratio, seeds):
+  """runs-r<ratio>-s<lowest>-<highest>-k<K>-<hash of the seeds>.npz: the hash tells apart groups
+  whose seeds are not contiguous (a shard's share)."""
+  digest = hashlib.sha256(np.asarray(seeds, np.int64).tobytes()).hexdigest()[:8]
+  return f'runs-r{ratio_key(ratio):.6f}-s{min(seeds):06d}-{max(seeds):06d}-k{len(seeds)}-{digest}.npz'
+
+
+def write_run_file(store, ratio, seeds, runs, tag=''):
+  """Saves runs of one ratio (all of one device) as one file; returns its name. Masks are
+  bit-packed (7.5 KB each)."""
+  arrays = dict(ratio=np.float64(ratio), seeds=np.asarray(seeds, np.int64), n=np.int64(len(runs[0].held_out)),
+                held_out=np.packbits([r.held_out for r in runs], axis=1),
+                correct=np.packbits([r.correct for r in runs], axis=1),
+                device=np.str_(runs[0].hardware[0]), matmul=np.str_(runs[0].hardware[1]),
+                epochs=np.int64(runs[0].epochs), hits=np.stack([r.hits for r in runs]),
+                confidence=np.stack([r.confidence for r in runs]))
+  name = run_file_name(ratio, seeds)
+  write_atomically(os.path.join(store, name), lambda f: np.savez_compressed(f, **arrays), tag)
+  return name
+
+
+def save_runs(store, ratio, seeds, group, epochs, hardware, tag=''):
+  """Saves a RunGroup; returns the file's name."""
+  return write_run_file(store, ratio, seeds, group_runs(group, epochs, hardware), tag)
+
+
+def read_run_file(path):
+  """The runs of one store file, [(ratio, seed, Run)]; a file that is not one is an error
+  naming it."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      ratio, seeds, n, epochs = float(f['ratio']), f['seeds'], int(f['n']), int(f['epochs'])
+      held_out = np.unpackbits(f['held_out'], axis=1, count=n).astype(bool)
+      correct = np.unpackbits(f['correct'], axis=1, count=n).astype(bool)
+      hardware = (str(f['device']), str(f['matmul']))
+      hits, confidence = f['hits'], f['confidence']
+    if not len(seeds) == len(held_out) == len(correct) == len(hits) == len(confidence):
+      raise ValueError('its arrays disagree on the number of runs')
+    if not all(len(h) == len(c) == (~o).sum() for h, c, o in zip(hits, confidence, held_out)):
+      raise ValueError('its learning record does not match the runs\' subsets')
+  except Exception as e:
+    raise CScoreError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
+                      'delete it to retrain its runs (an unsharded run with --fresh discards the whole store)') from e
+  return [(ratio, int(s), Run(*record, epochs, hardware, str(path)))
+          for s, *record in zip(seeds, held_out, correct, hits, confidence)]
+
+
+def same_record(a, b):
+  """Whether two records of one run agree."""
+  return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ('held_out', 'correct', 'hits', 'confidence'))
+
+
+def run_files(store):
+  return sorted(name for name in os.listdir(store) if name.startswith('runs-') and name.endswith('.npz'))
+
+
+def add_run(runs, ratio, seed, run):
+  """Adds a stored run to {(ratio, seed): Run}: once if stored twice identically, an error
+  naming both files if the records differ."""
+  key = ratio_key(ratio), seed
+  if key in runs and not same_record(runs[key], run):
+    raise CScoreError(f'run {seed} at ratio {key[0]} is stored twice with different results, '
+                      f'in {runs[key].file} and {run.file}: delete the one to distrust')
+  runs.setdefault(key, run)
+
+
+def load_runs(store):
+  """{(ratio, seed): Run} of every run in the store."""
+  runs = {}
+  for name in run_files(store):
+    for ratio, seed, run in read_run_file(os.path.join(store, name)):
+      add_run(runs, ratio, seed, run)
+  return runs
+
+
+# ------------------------------------------------------------------------------------------------
+# Locks. Who may share a store at once:
+#   * one unsharded training run, alone: an exclusive lock on .lock;
+#   * shards of one N (--shard I/N), each I once, and --estimate-only or --merge beside them:
+#     a shared lock on .lock; a shard also holds an exclusive lock on .lock-shard-I-of-N and a
+#     shared one on .lock-shards-N, which a shard of another N probes. Every lock is the
+#     operating system's own, so it ends with its process, even on kill -9.
+# ------------------------------------------------------------------------------------------------
+
+try:  # flock on POSIX, msvcrt.locking on Windows
+  import fcntl
+except ImportError:
+  fcntl = None
+try:
+  import msvcrt
+except ImportError:
+  msvcrt = None
+
+
+def try_lock(f, exclusive):
+  """Locks an open file without waiting; returns whether it got the lock. flock on POSIX
+  (shared or exclusive); on Windows msvcrt.locking, which is only exclusive."""
+  if fcntl is not None:
+    try:
+      fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+      return True
+    except BlockingIOError:
+      return False
+  if msvcrt is not None:
+    f.seek(0)
+    try:
+      msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+      return True
+    except OSError:
+      return False
+  return True  # no OS lock on this platform: lock_store warned
+
+
+def lock_file(folder, name, exclusive, refusal, stack):
+  """Opens folder/name and locks it for the rest of `stack`, or raises CScoreError(refusal)."""
+  f = stack.enter_context(open(os.path.join(folder, name), 'a+'))
+  if not try_lock(f, exclusive):
+    raise CScoreError(refusal)
+  return f
+
+
+@contextlib.contextmanager
+def lock_store(out_dir, shard=None, reader=False, existing=False):
+  """Creates the store's folder and takes this process's locks on it (see above), so that
+  processes that must not share a store refuse at once instead of interleaving runs. `shard` is
+  (I, N); `reader`: --estimate-only or --merge; `existing`: the store must exist already."""
+  path = os.path.join(out_dir, STORE_DIR)
+  if existing and not os.path.isfile(os.path.join(path, SETTINGS_FILE)):
+    raise CScoreError(f'{out_dir} holds no results store ({os.path.join(path, SETTINGS_FILE)} is missing)')
+  try:
+    os.makedirs(path, exist_ok=True)
+    tempfile.TemporaryFile(dir=out_dir).close()  # the outputs go to out_dir itself
+  except OSError as e:
+    raise CScoreError(f'cannot write to --out-dir {out_dir}: {e.strerror or e}') from e
+  if fcntl is None and msvcrt is None:
+    print(f'mnist.py: warning: this platform has no file locks; nothing stops a second process '
+          f'on {path}', file=sys.stderr)
+  with contextlib.ExitStack() as stack:
+    busy = f'another mnist.py is running on {path}'
+    if shard is None and not reader:
+      lock_file(path, '.lock', True, f'{busy}; wait for it to end, or use another --out-dir', stack)
+    elif fcntl is None:  # msvcrt's locks are exclusive only
+      lock_file(path, '.lock', True, f'{busy}; on this platform a store takes one process at a time', stack)
+    else:
+      lock_file(path, '.lock', False, f'an unsharded mnist.py is training on {path}; wait for it to '
+                'end, or use another --out-dir', stack)
+    if shard is not None:
+      i, n = shard
+      lock_file(path, f'.lock-shard-{i}-of-{n}', True, f'shard {i}/{n} is already running on {path}', stack)
+      with open(os.path.join(path, '.lock-start'), 'a+') as start:
+        # One starting shard at a time takes its N's lock and probes the other N's: two shards
+        # starting together would otherwise collide on their probes and one refuse wrongly.
+        if fcntl is not None:  # (on Windows the exclusive .lock above admits one process)
+          fcntl.flock(start, fcntl.LOCK_EX)  # held for milliseconds; the OS drops it with its holder
+        lock_file(path, f'.lock-shards-{n}', False, f'shards of another N are starting on {path}', stack)
+        for other in sorted(os.listdir(path)):
+          if other.startswith('.lock-shards-') and other != f'.lock-shards-{n}':
+            with open(os.path.join(path, other), 'a+') as probe:
+              if not try_lock(probe, True):
+                raise CScoreError(f'shards of N = {other.rsplit("-", 1)[1]} are running on {path}, and '
+                                  f'this is shard {i}/{n}; a store takes shards of one N at a time')
+    yield
+
+
+# ------------------------------------------------------------------------------------------------
+# Shards and merge. N processes (a Slurm job array, a Kubernetes Indexed Job, one per GPU) each
+# train the runs whose shard number is theirs. It depends on (ratio, seed, N) alone, never on K,
+# the device or the store, so shards on any hardware, restarted at any moment, never train a run
+# twice; at every ratio consecutive seeds go round-robin, so each shard gets its share +-1 there.
+# ------------------------------------------------------------------------------------------------
+
+def shard_of(ratio, seed, shards):
+  """The shard (0 .. shards - 1) that trains run `seed` at `ratio`. The round-robin starts at an
+  offset of the ratio's own, so that the odd runs left over at each ratio fall to different
+  shards."""
+  return (seed + zlib.crc32(f'{ratio_key(ratio):.6f}'.encode())) % shards
+
+
+def runs_named(config, shard=None):
+  """[(ratio, seed)] of the runs the command names (its ratios x seeds); with shard = (I, N),
+  only shard I's share of them."""
+  return [(ratio, s) for ratio in config.ratios for s in run_seeds(config)
+          if shard is None or shard_of(ratio, s, shard[1]) == shard[0]]
+
+
+def missing_runs(runs, config, shard=None):
+  """{ratio: [seeds]} of the runs the command names (of `shard`, if given) that are not stored."""
+  missing = collections.defaultdict(list)
+  for ratio, s in runs_named(config, shard):
+    if (ratio_key(ratio), s) not in runs:
+      missing[ratio].append(s)
+  return dict(missing)
+
+
+def planned_groups(config, done, k, shard=None):
+  """The (ratio, seeds) groups still to train (of `shard` = (I, N), if given), round-robin over
+  ratios: a run stopped early has runs at every ratio, so its partial scores mean something."""
+  per_ratio = [[(ratio, seeds[i:i + k]) for i in range(0, len(seeds), k)]
+               for ratio, seeds in missing_runs(done, config, shard).items()]
+  rounds = max((len(g) for g in per_ratio), default=0)
+  return [g[j] for j in range(rounds) for g in per_ratio if j < len(g)]
+
+
+def merge_stores(store, sources, settings, tag=''):
+  """Copies into `store` the runs of other out-dirs' stores that it lacks, each file landing
+  atomically; returns how many runs were copied. Their settings and data must be this run's,
+  and a run both hold must be the same in both."""
+  have, copied = load_runs(store), 0
+  for source in sources:
+    path = os.path.join(source, STORE_DIR)
+    if not os.path.isfile(os.path.join(path, SETTINGS_FILE)):
+      raise CScoreError(f'--merge {source}: no results store there ({os.path.join(path, SETTINGS_FILE)} is missing)')
+    check_settings(path, settings)
+    for name in run_files(path):
+      found = read_run_file(os.path.join(path, name))
+      new = [(ratio, seed, run) for ratio, seed, run in found if (ratio_key(ratio), seed) not in have]
+      for ratio, seed, run in found:
+        add_run(have, ratio, seed, run)
+      if new:
+        write_run_file(store, new[0][0], [seed for _, seed, _ in new], [run for *_, run in new], tag)
+        copied += len(new)
+  return copied
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress and ETA: train what is missing under a bar that counts work, not models.
+# ------------------------------------------------------------------------------------------------
+
+def flops_per_example(config):
+  """(training step, forward pass) FLOPs of one example: forward 2 sum(in out); backward the
+  weight gradients 2 sum(in out) plus the input gradients of all layers but the first."""
+  sizes = layer_sizes(config)
+  forward = 2 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
+  return 2 * forward + 2 * sum(i * o for i, o in zip(sizes[1:-1], sizes[2:])), forward
+
+
+def model_work(config, n, ratio):
+  """(training, evaluation) FLOPs of one model: every epoch on its subset, then all n examples.
+  A model at ratio 0.9 costs about 6.5 times one at 0.1."""
+  train, forward = flops_per_example(config)
+  return train * subset_size(n, ratio) * config.epochs, forward * n
+
 
 def group_steps(config, n, ratio, k):
   """The progress steps of a group of k models at `ratio`, in MFLOP (whole numbers, so that
@@ -1515,47 +1658,6 @@ def train_missing_runs(trainer, store, runs, groups, tag=''):
   return trained, False
 
 
-def cpu_name():
-  with contextlib.suppress(OSError):
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  return platform.processor() or platform.machine()
-
-
-def device_description(config):
-  """Where the models train, for the line that opens a run."""
-  if accelerators():
-    memory = gpu_memory_bytes()
-    where = f'{device_kind()}' + (f' ({memory / 2**30:.0f} GB)' if memory else '')
-  else:
-    where = f'the CPU ({cpu_name()}, {cpu_cores()} cores)'
-  return f'{where}, {config.precision} ({matmul_precision(config)} matmuls)'
-
-
-INTERRUPTED = 'interrupted: finished runs are kept in the store; run the same command again to resume'
-
-
-def process_tag(args):
-  """The temporary-file tag of this process: '' when it has the store to itself, a shard's own
-  (a restart clears its leftovers), or one unique to this process (--estimate-only, --merge)."""
-  if args.shard:
-    return f'shard-{args.shard[0]}-of-{args.shard[1]}'
-  if args.estimate_only or args.merge:
-    return f'{socket.gethostname()}-{os.getpid()}'
-  return ''
-
-
-def stored_runs(args, config, images, labels):
-  """The store in --out-dir, created or checked (and merged into, with --merge), and its runs."""
-  settings = store_settings(config, data_fingerprint(images, labels))
-  store = open_store(args.out_dir, settings, fresh=args.fresh, tag=process_tag(args))
-  if args.merge:
-    print(f'merged {merge_stores(store, args.merge, settings, process_tag(args))} runs into {store}')
-  return store, load_runs(store)
-
-
 def train_share(args, config, images, labels, store, runs):
   """Trains the command's runs (its shard's, with --shard) that the store lacks; returns
   (models trained, interrupted). --estimate-only and --merge train nothing."""
@@ -1564,27 +1666,12 @@ def train_share(args, config, images, labels, store, runs):
   check_subsets(config, len(labels))
   k = min(config.models_at_once, config.runs) or default_models_at_once(config.runs, config)
   groups = planned_groups(config, runs, k, args.shard)
-  todo, planned = sum(len(seeds) for _, seeds in groups), len(command_share(config, args.shard))
+  todo, planned = sum(len(seeds) for _, seeds in groups), len(runs_named(config, args.shard))
   whose = f"shard {args.shard[0]}/{args.shard[1]}'s share of " if args.shard else ''
   print(f'{len(labels)} examples; {whose}{len(config.ratios)} ratios x {config.runs} runs: '
         f'{planned - todo} done, {todo} to train, {k} at a time on {device_description(config)}')
   return train_missing_runs(EnsembleTrainer(images, labels, config), store, runs, groups,
                             process_tag(args))
-
-
-def write_outputs_and_summarize(args, config, images, labels, store, runs, trained, seconds, interrupted):
-  """Writes the outputs from the stored runs the command names; returns the summary's lines.
-  With none stored that is an error, unless Ctrl-C stopped the very first group."""
-  if not any(command_runs(runs, config, r) for r in config.ratios):
-    if interrupted:
-      return []
-    raise CScoreError(f'{store} holds none of the runs this command names ({len(config.ratios)} '
-                      f'ratios x seeds {seed_ranges(run_seeds(config))}); '
-                      'train them first, or check --runs, --ratios and --seed')
-  est = write_outputs(args.out_dir, images, labels, runs, config, process_tag(args))
-  missing = missing_line(runs, config)
-  return (summary_lines(est, runs, config, trained, seconds) + ([missing] if missing else [])
-          + written_lines(args.out_dir, est))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1615,6 +1702,31 @@ def int_at_least(minimum):
       raise argparse.ArgumentTypeError(f'must be at least {minimum}, got {value}')
     return value
   return parse
+
+
+def number_in(low, high, low_included=False):
+  """An argparse type: a number below high and above low (or equal to it, if low_included)."""
+  def parse(text):
+    try:
+      value = float(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'not a number: {text!r}')
+    if not (low < value < high or (low_included and value == low)):
+      below = f' and below {high}' if high < float('inf') else ''
+      raise argparse.ArgumentTypeError(f'must be {"at least" if low_included else "above"} {low}{below}, got {value}')
+    return value
+  return parse
+
+
+def parse_hidden(text):
+  """'512,256' -> (512, 256): the widths of the hidden layers."""
+  try:
+    sizes = tuple(int(s) for s in text.split(','))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'not a comma-separated list of whole numbers: {text!r}')
+  if min(sizes) < 1:
+    raise argparse.ArgumentTypeError(f'every hidden layer needs at least 1 unit, got {text!r}')
+  return sizes
 
 
 def parse_shard(text):
@@ -1651,6 +1763,13 @@ def parse_args(argv=None):
                  help=f'epochs of SGD per model (default: {d.epochs})')
   p.add_argument('--batch-size', type=int_at_least(1), default=d.batch_size, metavar='B',
                  help=f'examples per SGD step (default: {d.batch_size})')
+  p.add_argument('--learning-rate', type=number_in(0, float('inf')), default=d.learning_rate, metavar='LR',
+                 help=f"SGD's step size (default: {d.learning_rate}, the paper's)")
+  p.add_argument('--momentum', type=number_in(0, 1, low_included=True), default=d.momentum, metavar='M',
+                 help=f"SGD's momentum, at least 0 and below 1 (default: {d.momentum}, the paper's)")
+  p.add_argument('--hidden', type=parse_hidden, default=d.hidden, metavar='H1,H2,...',
+                 help="widths of the MLP's hidden layers, comma-separated (default: "
+                      f"{','.join(map(str, d.hidden))}, the paper's)")
   p.add_argument('--seed', type=int_at_least(0), default=d.seed, metavar='SEED',
                  help=f'the first run seed (default: {d.seed})')
   p.add_argument('--precision', choices=('float32', 'bfloat16'), default=d.precision,
@@ -1687,44 +1806,12 @@ def parse_args(argv=None):
     p.error(f'--fresh would discard runs that {together[0]} needs; use it alone')
   if args.shard and len(together) > 1:
     p.error(f'a shard trains; {together[1]} does not: use them in separate commands')
-  config = dataclasses.replace(d, runs=args.runs, ratios=args.ratios, epochs=args.epochs,
-                               batch_size=args.batch_size, seed=args.seed,
-                               precision=args.precision, models_at_once=args.models_at_once)
+  config = Config(ratios=args.ratios, runs=args.runs, seed=args.seed, epochs=args.epochs,
+                  batch_size=args.batch_size, learning_rate=args.learning_rate,
+                  momentum=args.momentum, hidden=args.hidden, precision=args.precision,
+                  models_at_once=args.models_at_once)
   return config, args
 
 
-def main(argv=None):
-  config, args = parse_args(argv)
-  start = time.perf_counter()
-  try:
-    with lock_store(args.out_dir, args.shard, reader=bool(args.estimate_only or args.merge),
-                    existing=args.estimate_only and not args.merge):
-      configure_tensorflow()  # after the lock: a refused process answers at once
-      images, labels = load_mnist(args.data_dir, args.manual_dir)
-      store, runs = stored_runs(args, config, images, labels)
-      trained, interrupted = train_share(args, config, images, labels, store, runs)
-      if args.shard:  # a shard's own summary, with the runs the other shards stored meanwhile
-        lines = shard_lines(load_runs(store), config, args.shard, trained)
-      else:
-        lines = write_outputs_and_summarize(args, config, images, labels, store, runs, trained,
-                                time.perf_counter() - start, interrupted)
-  except KeyboardInterrupt:
-    print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)
-    return 130
-  except (CScoreError, OSError) as e:
-    print(f'mnist.py: error: {e}', file=sys.stderr)
-    return 1
-  except (MemoryError, tf.errors.ResourceExhaustedError):
-    print('mnist.py: error: out of memory; use a smaller --models-at-once or --batch-size',
-          file=sys.stderr)
-    return 1
-  for line in lines:
-    print(line)
-  if interrupted:
-    print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)
-    return 130
-  return 0
-
-
-if __name__ == '__main__':
+if __name__ == '__main__':  # after every definition above: main() uses the machinery too
   sys.exit(main())

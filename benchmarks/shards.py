@@ -93,7 +93,7 @@ def main():
             for _, r, *seeds in [line.split()] for s in seeds]
   same = all((shared / name).read_bytes() == (alone / name).read_bytes()
              for name in ('cscores.npy', 'cscores-details.npz'))
-  expected = len(mnist.command_share(mnist.parse_args(TINY)[0]))  # every run of the protocol
+  expected = len(mnist.runs_named(mnist.parse_args(TINY)[0]))  # every run of the protocol
   print(f'{args.shards} shards of {expected} runs (1 epoch, ratios 0.5 and 0.9, K = 1) on one out-dir')
   print(f'killed and restarted: {", ".join(f"shard {i} at {t:.0f} s" for i, t in killed) or "none (all finished first)"}')
   print(f'wall time, all shards: {wall:.0f} s')

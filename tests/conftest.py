@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,23 +33,78 @@ def synthetic_data():
   return images, labels
 
 
+# --- The MLP in float64 NumPy, written out independently of mnist.py's TensorFlow --------------
+
+def numpy_logits(params, x):
+  """One model's forward pass: ReLU hidden layers, a linear output layer."""
+  a = np.asarray(x, np.float64)
+  for i in range(0, len(params), 2):
+    z = a @ np.asarray(params[i], np.float64) + np.asarray(params[i + 1], np.float64)
+    a = np.maximum(z, 0) if i + 2 < len(params) else z
+  return a
+
+
+def numpy_softmax(logits):
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def numpy_gradients(params, x, y, weight):
+  """One model's gradient of its mean NLL over the real examples of a batch (weight 1; 0 for
+  padding), by backpropagation: d loss / d logits = (softmax - one-hot) / real examples."""
+  params = [np.asarray(p, np.float64) for p in params]
+  inputs = [np.asarray(x, np.float64)]  # each layer's input
+  for i in range(0, len(params) - 2, 2):
+    inputs.append(np.maximum(inputs[-1] @ params[i] + params[i + 1], 0))
+  probabilities = numpy_softmax(inputs[-1] @ params[-2] + params[-1])
+  delta = (probabilities - np.eye(probabilities.shape[-1])[y]) * (weight / weight.sum())[:, None]
+  grads = []
+  for i in reversed(range(0, len(params), 2)):
+    grads = [inputs[i // 2].T @ delta, delta.sum(0, keepdims=True)] + grads
+    delta = (delta @ params[i].T) * (inputs[i // 2] > 0)
+  return grads
+
+
 def sgd_by_hand(images, labels, seed, ratio, config, before_step=None):
   """The weights of a run's model stepped one batch at a time with the plain SGD-with-momentum
-  recurrence, written out independently of mnist's own update. before_step(idx, weight, x,
-  params) sees each batch before its update."""
+  recurrence v <- m v + g, w <- w - lr v, in NumPy. before_step(idx, weight, x, params) sees
+  each batch before its update."""
   n = len(labels)
-  params = [tf.constant(p) for p in mnist.init_mlp(seed, mnist.layer_sizes(config))]
-  velocity = [tf.zeros_like(p) for p in params]
+  params = [p.astype(np.float64) for p in mnist.init_mlp(seed, mnist.layer_sizes(config))]
+  velocity = [np.zeros_like(p) for p in params]
   weight = mnist.batch_weights(mnist.subset_size(n, ratio), config.batch_size)
   for epoch in mnist.batch_order(seed, n, ratio, config.epochs, config.batch_size):
     for idx, w in zip(epoch, weight):
-      x = tf.constant(images[idx] / 255.0, tf.float32)
+      x = images[idx] / 255.0
       if before_step:
         before_step(idx, w, x, params)
-      grads, _ = mnist.mlp_gradients(params, x, labels[idx], w)
-      velocity = [0.9 * v + g for v, g in zip(velocity, grads)]
-      params = [p - 0.1 * v for p, v in zip(params, velocity)]
+      grads = numpy_gradients(params, x, labels[idx], w)
+      velocity = [config.momentum * v + g for v, g in zip(velocity, grads)]
+      params = [p - config.learning_rate * v for p, v in zip(params, velocity)]
   return params
+
+
+# --- Runs without training ------------------------------------------------------------------------
+
+CPU = ('CPU', 'fp32')
+
+
+def random_group(k, n=64, epochs=3, seed=0):
+  """A RunGroup of k made-up runs on n examples: subsets of half of them, a record only there."""
+  rng = np.random.default_rng(seed)
+  held_out = np.stack([rng.permutation(n) < n // 2 for _ in range(k)])
+  correct = rng.random((k, n)) < 0.9
+  hits = np.where(held_out, 0, rng.integers(0, epochs + 1, (k, n))).astype(np.float32)
+  confidence = np.where(held_out, 0, rng.random((k, n))).astype(np.float32)
+  return mnist.RunGroup(held_out, correct, hits, confidence)
+
+
+def masks_only_run(held_out, correct, epochs=1):
+  """A Run for the estimator's tests, which read its masks: its record says it learned, in
+  every epoch and with certainty, the examples it trained on and gets right, and no others."""
+  held_out, correct = np.asarray(held_out, bool), np.asarray(correct, bool)
+  right = correct[~held_out]
+  return mnist.Run(held_out, correct, (right * epochs).astype(np.uint8), (right * 255).astype(np.uint8), epochs, CPU)
 
 
 @pytest.fixture(scope='session')
@@ -75,6 +129,17 @@ def script_command(*argv):
 
 def run_script(*argv):
   return subprocess.run(script_command(*argv), capture_output=True, text=True, timeout=600)
+
+
+def run_main_without(module, argv):
+  """The completed process of mnist.main(argv) in a fresh interpreter where `import module`
+  fails, as on a platform or an installation without it."""
+  code = ('import sys\n'
+          f'sys.modules[{module!r}] = None  # "import {module}" now fails\n'
+          f'sys.path.insert(0, {str(ROOT)!r})\n'
+          'import mnist\n'
+          f'sys.exit(mnist.main({list(argv)!r}))\n')
+  return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600)
 
 
 def stored_files(out):

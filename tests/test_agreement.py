@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import mnist
+from conftest import masks_only_run
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'benchmarks'))
 import agreement  # noqa: E402
@@ -137,7 +138,7 @@ def bernoulli_store(skill, ratios, runs, seed=0, held_out_share=1.0):
   correctly with probability skill[i], independently: the truth is known."""
   rng = np.random.default_rng(seed)
   n = len(skill)
-  return {(mnist.ratio_key(r), s): mnist.Run(rng.random(n) < held_out_share, rng.random(n) < skill)
+  return {(mnist.ratio_key(r), s): masks_only_run(rng.random(n) < held_out_share, rng.random(n) < skill)
           for r in ratios for s in range(runs)}
 
 

@@ -3,9 +3,10 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 import mnist
-from conftest import ROOT
+from conftest import ROOT, run_main_without
 
 
 def parse_error(capsys, *argv):
@@ -30,6 +31,17 @@ def test_flags_override_the_defaults():
   assert args.out_dir == 'x' and args.fresh
 
 
+def test_the_models_flags_override_the_papers_model():
+  config, _ = mnist.parse_args(['--hidden', '100', '--learning-rate', '0.05', '--momentum', '0'])
+  assert (config.hidden, config.learning_rate, config.momentum) == ((100,), 0.05, 0.0)
+
+
+def test_the_models_settings_are_part_of_the_stores_settings():
+  config, _ = mnist.parse_args(['--hidden', '300,100', '--learning-rate', '0.2', '--momentum', '0.5'])
+  settings = mnist.store_settings(config, 'x')
+  assert (settings['hidden'], settings['learning_rate'], settings['momentum']) == ([300, 100], 0.2, 0.5)
+
+
 @pytest.mark.parametrize('argv, says', [
     (['--ratios', '0'], 'between 0 and 1'),
     (['--ratios', '0.5,1.0'], 'between 0 and 1'),
@@ -50,6 +62,12 @@ def test_flags_override_the_defaults():
     (['--fresh', '--shard', '0/2'], '--fresh would discard runs'),
     (['--fresh', '--estimate-only'], '--fresh would discard runs'),
     (['--shard', '0/2', '--merge', 'elsewhere'], 'use them in separate commands'),
+    (['--hidden', '512,0'], 'at least 1 unit'),
+    (['--hidden', 'wide'], 'not a comma-separated list of whole numbers'),
+    (['--learning-rate', '0'], 'above 0'),
+    (['--learning-rate', 'fast'], 'not a number'),
+    (['--momentum', '1'], 'below 1'),
+    (['--momentum', '-0.1'], 'at least 0'),
 ])
 def test_bad_flags_are_one_line_and_exit_2(capsys, argv, says):
   code, err = parse_error(capsys, *argv)
@@ -92,6 +110,21 @@ def test_running_out_of_memory_is_one_line_suggesting_smaller_settings(tmp_path,
   assert err.count('\n') == 1 and '--models-at-once' in err
 
 
+def test_running_out_of_a_devices_memory_is_one_line_too(tmp_path, capsys, monkeypatch):
+  def no_memory(*args, **kwargs):
+    raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor')
+  monkeypatch.setattr(mnist, 'load_mnist', no_memory)
+  assert mnist.main(['--out-dir', str(tmp_path)]) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'out of memory' in err
+
+
+def test_tensorflow_that_cannot_be_imported_is_one_line_without_a_traceback(tmp_path):
+  result = run_main_without('tensorflow', ['--out-dir', str(tmp_path)])  # as if not installed
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.count('\n') == 1 and 'TensorFlow' in result.stderr and 'requirements.txt' in result.stderr
+
+
 # --- Fast answers: no TensorFlow before the flags are read ---------------------------------------
 
 def tensorflow_loaded_after(*argv):
@@ -125,8 +158,9 @@ def test_every_flag_says_what_it_does_and_its_default_in_words(capsys):
       entries[flag] = line
     elif line.strip():
       entries[flag] += ' ' + line.strip()
-  assert {'--runs', '--ratios', '--epochs', '--batch-size', '--seed', '--precision', '--models-at-once',
-          '--out-dir', '--data-dir', '--manual-dir', '--fresh', '--shard', '--estimate-only', '--merge'} <= set(entries)
+  assert {'--runs', '--ratios', '--epochs', '--batch-size', '--learning-rate', '--momentum', '--hidden', '--seed',
+          '--precision', '--models-at-once', '--out-dir', '--data-dir', '--manual-dir', '--fresh', '--shard',
+          '--estimate-only', '--merge'} <= set(entries)
   for flag, text in entries.items():
     if flag not in ('-h,', '--merge'):  # --merge has no default: it names folders
       assert 'default' in text, flag

@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 import mnist
+from conftest import masks_only_run
 
 
 def synthetic_runs(ratios=(0.2, 0.5), runs=6, n=40, seed=0):
@@ -16,7 +17,7 @@ def synthetic_runs(ratios=(0.2, 0.5), runs=6, n=40, seed=0):
     for s in range(runs):
       held_out = rng.random(n) > ratio
       correct = rng.random(n) < np.where(held_out, skill, 0.5 + skill / 2)
-      store[mnist.ratio_key(ratio), s] = mnist.Run(held_out, correct)
+      store[mnist.ratio_key(ratio), s] = masks_only_run(held_out, correct)
   return store
 
 
@@ -117,8 +118,8 @@ def test_heldout_accuracy_is_the_mean_of_each_runs_accuracy_on_what_it_held_out(
 
 
 def test_estimate_uses_only_this_commands_runs():
-  runs = {(0.5, s): mnist.Run(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 1], bool)) for s in range(3)}
-  runs[0.5, 99] = mnist.Run(np.array([1, 1, 1, 1], bool), np.zeros(4, bool))  # another command's run
+  runs = {(0.5, s): masks_only_run([1, 1, 0, 0], [1, 0, 1, 1]) for s in range(3)}
+  runs[0.5, 99] = masks_only_run([1, 1, 1, 1], [0, 0, 0, 0])  # another command's run
   est = mnist.estimate(runs, mnist.Config(ratios=(0.5,), runs=3), 4)
   np.testing.assert_array_equal(est.held_out_counts[0], [3, 3, 0, 0])
   np.testing.assert_array_equal(est.cscores[:2], [1.0, 0.0])
@@ -145,7 +146,7 @@ def test_outputs_are_written_when_few_examples_have_a_score(tmp_path):
   n = 200
   held_out = np.zeros(n, bool)
   held_out[:3] = True  # one run that held out 3 examples, all of class 0, 1 and 2
-  store = {(0.99, 0): mnist.Run(held_out, np.ones(n, bool))}
+  store = {(0.99, 0): masks_only_run(held_out, np.ones(n, bool))}
   images = np.zeros((n, 784), np.uint8)
   est = mnist.write_outputs(str(tmp_path), images, np.arange(n) % 10, store,
                             mnist.Config(ratios=(0.99,), runs=1))

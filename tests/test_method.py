@@ -6,22 +6,37 @@ import pytest
 import tensorflow as tf
 
 import mnist
-from conftest import sgd_by_hand
+from conftest import numpy_gradients, numpy_logits, numpy_softmax, sgd_by_hand
 
 SMALL = mnist.Config(ratios=(0.5,), runs=3, epochs=2)
 
 
 # --- Subsets and batches -------------------------------------------------------------------------
 
-def test_subset_has_int_n_r_distinct_examples():
+def test_subset_has_int_n_r_distinct_examples_of_the_data():
   for ratio in (0.1, 0.3, 0.7, 0.9):
     subset = mnist.training_subset(seed=4, n=60000, ratio=ratio)
     assert len(subset) == int(60000 * ratio) == len(np.unique(subset))
+    assert subset.min() >= 0 and subset.max() < 60000
 
 
-def test_subset_is_the_authors_randomstate_choice():
-  expected = np.random.RandomState(7).choice(1000, size=300, replace=False)
-  np.testing.assert_array_equal(mnist.training_subset(7, 1000, 0.3), expected)
+def test_subset_is_the_same_for_the_same_seed_and_differs_for_another():
+  np.testing.assert_array_equal(mnist.training_subset(5, 1000, 0.3), mnist.training_subset(5, 1000, 0.3))
+  assert not np.array_equal(mnist.training_subset(5, 1000, 0.3), mnist.training_subset(6, 1000, 0.3))
+
+
+def test_subsets_are_the_authors_randomstate_choice():
+  # The first indices of numpy.random.RandomState(seed).choice(n, int(n r), replace=False), the
+  # authors' draw, written down once: the protocol's runs train on the authors' subsets.
+  np.testing.assert_array_equal(mnist.training_subset(7, 1000, 0.3)[:6], [778, 334, 271, 802, 216, 408])
+  np.testing.assert_array_equal(mnist.training_subset(0, 60000, 0.1)[:6], [3048, 19563, 58303, 8870, 40228, 31488])
+  np.testing.assert_array_equal(mnist.training_subset(199, 60000, 0.9)[:4], [15808, 17247, 13801, 17740])
+
+
+def test_the_first_epoch_is_the_authors_next_draw_a_permutation_of_the_subset():
+  # RandomState(0): choice(60000, 6000), then permutation(6000) of that subset, written down once
+  order = mnist.batch_order(seed=0, n=60000, ratio=0.1, epochs=1, batch_size=128)
+  np.testing.assert_array_equal(order[0, 0, :4], [10054, 56642, 55396, 16043])
 
 
 def test_held_out_mask_is_the_complement_of_the_subset():
@@ -70,22 +85,31 @@ def test_init_is_seeded_by_the_run_seed():
   assert not np.array_equal(a[0], c[0])
 
 
-@pytest.mark.parametrize('stacked', [True, False])
-def test_hand_written_gradients_equal_autodiff_of_the_mean_nll(stacked):
+def small_batch(rng, shape):
+  x = rng.random((*shape, 784), dtype=np.float32)
+  y = rng.integers(0, 10, shape).astype(np.int32)
+  weight = np.r_[np.ones(11), np.zeros(5)].astype(np.float32)  # a padded last batch
+  return x, y, weight
+
+
+def test_gradients_equal_backpropagation_written_out_in_numpy():
   rng = np.random.default_rng(1)
+  params = mnist.init_mlp(1, (784, 64, 32, 10))
+  x, y, weight = small_batch(rng, (16,))
+  got, _ = mnist.loss_gradients([tf.constant(p) for p in params], tf.constant(x), tf.constant(y), tf.constant(weight))
+  for g, e in zip(got, numpy_gradients(params, x, y, weight)):
+    np.testing.assert_allclose(g.numpy(), e, rtol=1e-4, atol=1e-6)
+
+
+def test_stacked_models_each_get_their_own_gradient():
+  rng = np.random.default_rng(2)
   models = [mnist.init_mlp(s, (784, 64, 32, 10)) for s in (1, 2)]
-  params = [tf.constant(p) for p in (mnist.stack_models(models) if stacked else models[0])]
-  shape = (2, 16) if stacked else (16,)
-  x = tf.constant(rng.random((*shape, 784), dtype=np.float32))
-  y = tf.constant(rng.integers(0, 10, shape).astype(np.int32))
-  weight = tf.constant(np.r_[np.ones(11), np.zeros(5)].astype(np.float32))  # a padded last batch
-  with tf.GradientTape() as tape:
-    tape.watch(params)
-    loss = mnist.mlp_loss(params, x, y, weight)
-  expected = tape.gradient(loss, params)
-  got, _ = mnist.mlp_gradients(params, x, y, weight)
-  for g, e in zip(got, expected):
-    np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-4, atol=1e-6)
+  x, y, weight = small_batch(rng, (2, 16))
+  got, _ = mnist.loss_gradients([tf.constant(p) for p in mnist.stack_models(models)], tf.constant(x),
+                                tf.constant(y), tf.constant(weight))
+  for m, params in enumerate(models):
+    for g, e in zip(got, numpy_gradients(params, x[m], y[m], weight)):
+      np.testing.assert_allclose(g.numpy()[m], e, rtol=1e-4, atol=1e-6)
 
 
 def test_bfloat16_gradients_are_close_to_float32_ones():
@@ -94,11 +118,20 @@ def test_bfloat16_gradients_are_close_to_float32_ones():
   x = tf.constant(rng.random((64, 784), dtype=np.float32))
   y = tf.constant(rng.integers(0, 10, 64).astype(np.int32))
   weight = tf.ones(64)
-  exact, _ = mnist.mlp_gradients(params, x, y, weight)
-  bf16, _ = mnist.mlp_gradients(params, x, y, weight, tf.bfloat16)
+  exact, _ = mnist.loss_gradients(params, x, y, weight)
+  bf16, _ = mnist.loss_gradients(params, x, y, weight, tf.bfloat16)
   for g, e in zip(bf16, exact):
     assert g.dtype == tf.float32
     assert np.linalg.norm(g.numpy() - e.numpy()) <= 0.05 * np.linalg.norm(e.numpy())  # ~3% seen
+
+
+def test_the_probabilities_are_the_forward_pass_softmax():
+  rng = np.random.default_rng(4)
+  params = mnist.init_mlp(2, (784, 32, 10))
+  x, y, weight = small_batch(rng, (16,))
+  _, probabilities = mnist.loss_gradients([tf.constant(p) for p in params], tf.constant(x), tf.constant(y), tf.constant(weight))
+  expected = numpy_softmax(numpy_logits(params, x))
+  np.testing.assert_allclose(probabilities.numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_padding_does_not_change_the_loss():
@@ -106,17 +139,18 @@ def test_padding_does_not_change_the_loss():
   rng = np.random.default_rng(2)
   x = rng.random((16, 784), dtype=np.float32)
   y = rng.integers(0, 10, 16).astype(np.int32)
-  padded = mnist.mlp_loss(params, x, y, np.r_[np.ones(11), np.zeros(5)].astype(np.float32))
-  real = mnist.mlp_loss(params, x[:11], y[:11], np.ones(11, np.float32))
+  loss = lambda x, y, weight: mnist.mean_nll(mnist.mlp_logits(params, x)[0], y, weight)
+  padded = loss(x, y, np.r_[np.ones(11), np.zeros(5)].astype(np.float32))
+  real = loss(x[:11], y[:11], np.ones(11, np.float32))
   np.testing.assert_allclose(padded.numpy(), real.numpy(), rtol=1e-6)
 
 
 # --- Training --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('per_model', [False, True], ids=['batched', 'per-model'])
-def test_k_models_trained_together_equal_the_same_models_trained_one_by_one(synthetic_data, per_model):
+@pytest.mark.parametrize('stacked', [True, False], ids=['stacked', 'per-model'])
+def test_k_models_trained_together_equal_the_same_models_trained_one_by_one(synthetic_data, stacked):
   images, labels = synthetic_data
-  trainer = mnist.EnsembleTrainer(images, labels, SMALL, per_model=per_model)
+  trainer = mnist.EnsembleTrainer(images, labels, SMALL, stacked=stacked)
   together = trainer.train([10, 11, 12], 0.5)  # 2 epochs of 3 steps each
   for k, seed in enumerate([10, 11, 12]):
     alone = trainer.train([seed], 0.5)
@@ -124,14 +158,15 @@ def test_k_models_trained_together_equal_the_same_models_trained_one_by_one(synt
       np.testing.assert_allclose(a.numpy()[0], t.numpy()[k], rtol=1e-4, atol=1e-6)
 
 
-def test_training_follows_sgd_with_momentum_on_the_runs_batches(synthetic_data):
+@pytest.mark.parametrize('stacked', [True, False], ids=['stacked', 'per-model'])
+def test_training_follows_sgd_with_momentum_on_the_runs_batches(synthetic_data, stacked):
   images, labels = synthetic_data
-  config = dataclasses.replace(SMALL, epochs=1, hidden=(8,))
+  config = dataclasses.replace(SMALL, epochs=1, hidden=(8,), learning_rate=0.05, momentum=0.5)
   seed, ratio = 3, 0.5
   params = sgd_by_hand(images, labels, seed, ratio, config)
-  trained = mnist.EnsembleTrainer(images, labels, config).train([seed], ratio)
+  trained = mnist.EnsembleTrainer(images, labels, config, stacked=stacked).train([seed], ratio)
   for t, p in zip(trained, params):
-    np.testing.assert_allclose(t.numpy()[0], p.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(t.numpy()[0], p, rtol=1e-4, atol=1e-6)
 
 
 def test_trained_models_learn_and_report_correctness_on_every_example(synthetic_data):

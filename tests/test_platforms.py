@@ -1,23 +1,16 @@
 """Platforms without POSIX locks: Windows has msvcrt's (exclusive only), some have none."""
 import os
-import subprocess
-import sys
 
 import pytest
 
 import mnist
-from conftest import ROOT
+from conftest import run_main_without
 
 
 def test_without_fcntl_the_script_imports_warns_once_and_completes_a_tiny_protocol(mnist_data_dir, tmp_path):
   argv = ['--runs', '2', '--epochs', '1', '--ratios', '0.5', '--data-dir', str(mnist_data_dir),
           '--out-dir', str(tmp_path)]
-  code = ('import sys\n'
-          'sys.modules["fcntl"] = None  # as on Windows: "import fcntl" fails\n'
-          f'sys.path.insert(0, {str(ROOT)!r})\n'
-          'import mnist\n'
-          f'sys.exit(mnist.main({argv!r}))\n')
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600)
+  result = run_main_without('fcntl', argv)  # as on Windows
   assert result.returncode == 0, result.stderr
   warnings = [line for line in result.stderr.splitlines() if 'warning' in line]
   assert len(warnings) == 1 and 'no file locks' in warnings[0]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mnist
-from conftest import (MANUAL_DIR, ROOT, run_script,
+from conftest import (CPU, MANUAL_DIR, ROOT, random_group, run_script,
                       start_and_signal_after_first_group, stored_files, tiny_argv)
 
 
@@ -43,12 +43,10 @@ def test_a_write_cut_short_by_a_kill_leaves_only_a_temporary_file_that_resume_cl
   shutil.copytree(tiny_run[0] / mnist.STORE_DIR, tmp_path / mnist.STORE_DIR)
   half_written = tmp_path / mnist.STORE_DIR / f'{mnist.TEMP_PREFIX}killed'
   half_written.write_bytes(b'PK\x03\x04 half a zip')
-  older = tmp_path / mnist.STORE_DIR / '.tmp-killed'  # as an older version named them
-  older.write_bytes(b'PK\x03\x04 half a zip')
   users = tmp_path / '.tmp-notes'  # --out-dir may hold files of the user's own
   users.write_text('mine')
   assert mnist.main(tiny_argv(mnist_data_dir, tmp_path)) == 0
-  assert not half_written.exists() and not older.exists() and users.exists()
+  assert not half_written.exists() and users.exists()
   np.testing.assert_array_equal(np.load(tmp_path / 'cscores.npy'),
                                 np.load(tiny_run[0] / 'cscores.npy'))
 
@@ -163,7 +161,7 @@ def test_the_lock_ends_with_the_process_holding_it_even_on_kill_9(tmp_path):
 
 def test_a_store_with_runs_but_no_settings_is_refused(tmp_path):
   store = mnist.open_store(tmp_path, mnist.store_settings(mnist.Config(), 'x'))
-  mnist.save_runs(store, 0.5, [0], (np.ones((1, 8), bool), np.ones((1, 8), bool)))
+  mnist.save_runs(store, 0.5, [0], random_group(1, n=8), 3, CPU)
   os.unlink(os.path.join(store, mnist.SETTINGS_FILE))
   with pytest.raises(mnist.CScoreError, match='no settings.json.*--fresh'):
     mnist.open_store(tmp_path, mnist.store_settings(mnist.Config(), 'x'))

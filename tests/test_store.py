@@ -5,29 +5,32 @@ import numpy as np
 import pytest
 
 import mnist
+from conftest import CPU, random_group
 
 SETTINGS = mnist.store_settings(mnist.Config(), 'data-hash')
 
 
-def random_runs(k, n=100, seed=0):
-  rng = np.random.default_rng(seed)
-  return rng.random((k, n)) < 0.5, rng.random((k, n)) < 0.8
+def save(store, ratio, seeds, n=100):
+  mnist.save_runs(store, ratio, seeds, random_group(len(seeds), n), 3, CPU)
 
 
 def test_saved_runs_load_back_bit_for_bit(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  held_out, correct = random_runs(3, n=101)
-  mnist.save_runs(store, 0.3, [5, 6, 7], (held_out, correct))
+  group = random_group(3, n=101)
+  mnist.save_runs(store, 0.3, [5, 6, 7], group, 3, ('GPU name', 'tf32'))
   runs = mnist.load_runs(store)
   assert sorted(runs) == [(0.3, 5), (0.3, 6), (0.3, 7)]
   for k, s in enumerate([5, 6, 7]):
-    np.testing.assert_array_equal(runs[0.3, s][0], held_out[k])
-    np.testing.assert_array_equal(runs[0.3, s][1], correct[k])
+    run, trained = runs[0.3, s], ~group.held_out[k]
+    np.testing.assert_array_equal(run.held_out, group.held_out[k])
+    np.testing.assert_array_equal(run.correct, group.correct[k])
+    np.testing.assert_array_equal(run.hits, group.hits[k][trained])
+    assert run.epochs == 3 and run.hardware == ('GPU name', 'tf32')
 
 
 def test_store_files_load_without_pickle(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  mnist.save_runs(store, 0.5, [0], random_runs(1))
+  save(store, 0.5, [0])
   (name,) = [f for f in os.listdir(store) if f.endswith('.npz')]
   with np.load(os.path.join(store, name), allow_pickle=False) as f:
     assert all(f[key].dtype != object for key in f.files)
@@ -35,7 +38,7 @@ def test_store_files_load_without_pickle(tmp_path):
 
 def test_a_write_leaves_no_temporary_file(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  mnist.save_runs(store, 0.5, [0, 1], random_runs(2))
+  save(store, 0.5, [0, 1])
   assert not [f for f in os.listdir(store) if f.startswith(mnist.TEMP_PREFIX)]
 
 
@@ -48,14 +51,14 @@ def test_store_made_with_other_settings_is_refused_naming_each_difference(tmp_pa
 
 def test_fresh_discards_the_stored_runs(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  mnist.save_runs(store, 0.5, [0], random_runs(1))
+  save(store, 0.5, [0])
   store = mnist.open_store(tmp_path, dict(SETTINGS, epochs=3), fresh=True)
   assert mnist.load_runs(store) == {}
 
 
 def test_a_corrupt_store_file_is_an_error_naming_it_and_fresh(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  mnist.save_runs(store, 0.5, [0], random_runs(1))
+  save(store, 0.5, [0])
   (name,) = [f for f in os.listdir(store) if f.endswith('.npz')]
   path = os.path.join(store, name)
   with open(path, 'r+b') as f:
@@ -79,6 +82,6 @@ def test_a_larger_runs_only_adds_runs():
 
 def test_ratios_that_differ_in_the_sixth_decimal_get_their_own_files(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
-  mnist.save_runs(store, 0.12345, [0], random_runs(1))
-  mnist.save_runs(store, 0.12346, [0], random_runs(1))
+  save(store, 0.12345, [0])
+  save(store, 0.12346, [0])
   assert sorted(mnist.load_runs(store)) == [(0.12345, 0), (0.12346, 0)]
