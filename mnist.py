@@ -254,7 +254,8 @@ def batch_weights(m, batch_size):
 
 
 # ------------------------------------------------------------------------------------------------
-# Model: the authors' MLP, 784 -> 512 -> 256 -> 10 with ReLUs, its mean NLL and its gradient.
+# Model: the authors' MLP, 784 -> 512 -> 256 -> 10 with ReLUs, and its mean NLL. Its gradient is
+# TensorFlow's autodiff: a hand-written backward was measured no faster (benchmarks/throughput.py).
 #
 # These functions take one model (W [in, out], b [1, out], x [B, in]) or m models stacked
 # (W [m, in, out], b [m, 1, out], x [m, B, in] or a shared [B, in]) alike: matmul batches over
@@ -286,40 +287,30 @@ def stack_models(models):
 
 
 def mlp_logits(params, x, dtype='float32'):
-  """Logits (fp32) and the inputs of each layer; matmuls in `dtype` (bf16: fp32 accumulation,
-  bf16 results)."""
+  """The logits (fp32); matmuls in `dtype` (bf16: fp32 accumulation, bf16 results)."""
   weights = [tf.cast(p, dtype) for p in params]
-  activations = [tf.cast(x, dtype)]
+  a = tf.cast(x, dtype)
   for i in range(0, len(weights), 2):
-    z = tf.matmul(activations[-1], weights[i]) + weights[i + 1]
-    activations.append(tf.nn.relu(z) if i + 2 < len(weights) else z)
-  return tf.cast(activations.pop(), tf.float32), activations
+    z = tf.matmul(a, weights[i]) + weights[i + 1]
+    a = tf.nn.relu(z) if i + 2 < len(weights) else z
+  return tf.cast(a, tf.float32)
 
 
 def mean_nll(logits, y, weight):
   """Sum over models of each one's mean NLL over its batch; `weight` [B] is 0 for the padding
   of a last, smaller batch. Summing keeps each model's gradient exactly its own."""
-  nll = -tf.gather(tf.nn.log_softmax(logits), y, batch_dims=len(y.shape))
+  nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
   return tf.reduce_sum(tf.reduce_sum(nll * weight, -1) / tf.reduce_sum(weight))
 
 
 def loss_gradients(params, x, y, weight, dtype='float32'):
-  """The gradient of mean_nll (fp32), by hand: no gradient for the inputs x, and transposed
-  matmuls instead of materialised transposes. Also returns the forward pass's softmax
-  probabilities, which the learning record reads at no extra cost."""
-  weights = [tf.cast(p, dtype) for p in params]  # cast once for forward and backward
-  logits, activations = mlp_logits(weights, x, dtype)
-  probabilities = tf.nn.softmax(logits)
-  delta = (probabilities - tf.one_hot(y, NUM_CLASSES)) * (weight / tf.reduce_sum(weight))[:, None]
-  delta = tf.cast(delta, dtype)
-  grads = []
-  for i in reversed(range(0, len(params), 2)):
-    a = activations[i // 2]
-    grads = [tf.cast(tf.matmul(a, delta, transpose_a=True), tf.float32),
-             tf.reduce_sum(tf.cast(delta, tf.float32), -2, keepdims=True)] + grads
-    if i > 0:
-      delta = tf.matmul(delta, weights[i], transpose_b=True) * tf.cast(a > 0, dtype)
-  return grads, probabilities
+  """(the gradient of mean_nll for params, fp32; the forward pass's softmax probabilities,
+  which the learning record reads at no extra cost)."""
+  with tf.GradientTape() as tape:
+    tape.watch(params)
+    logits = mlp_logits(params, x, dtype)
+    loss = mean_nll(logits, y, weight)
+  return tape.gradient(loss, params), tf.nn.softmax(logits)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,7 +362,8 @@ class EnsembleTrainer:
   of the step that uses it (before that step's update), whether it classified it correctly and
   its probability of the label, summed over epochs: `learning_record()` after `train()`."""
 
-  def __init__(self, images, labels, config, stacked=None, eval_rows=None, record=True):
+  def __init__(self, images, labels, config, stacked=None, eval_rows=None, record=True,
+               gradients=loss_gradients):
     self.config = config
     self.images = tf.constant(images)   # uint8: 4x less to gather than floats; cast after
     self.labels = tf.constant(labels, tf.int32)
@@ -379,6 +371,7 @@ class EnsembleTrainer:
     self.dtype = tf.bfloat16 if config.precision == 'bfloat16' else tf.float32
     self.eval_rows = eval_rows or default_eval_rows(config)  # bounds evaluation's memory
     self.record = record                # False only to measure what recording costs
+    self.gradients = gradients          # another backward only to measure it against autodiff
     self.hardware = (device_kind(), matmul_precision(config))
     self._compiled = {}                 # K -> (weights, velocities, record, epoch function)
     self._last_k = None                 # K of the last train(), whose record learning_record reads
@@ -395,7 +388,7 @@ class EnsembleTrainer:
     """One step of SGD with momentum for one chain's models on their batches, as the authors'
     update, opt_update(grad(loss)(params, batch)); returns the in-place updates and the forward
     pass's probabilities."""
-    grads, probabilities = loss_gradients([p.read_value() for p in params], self._inputs(rows),
+    grads, probabilities = self.gradients([p.read_value() for p in params], self._inputs(rows),
                                           tf.gather(self.labels, rows), weight, self.dtype)
     with tf.control_dependencies(grads):  # update in place once the old weights are used
       return [momentum_update(p, v, g, self.config) for p, v, g in zip(params, velocity, grads)], probabilities
@@ -473,7 +466,7 @@ class EnsembleTrainer:
   def _predict_chunk(self, params, start, size):
     """[m, size] bool: which of examples start..start+size each of the m models gets right."""
     x = self._inputs(tf.range(start, start + size))  # shared by the models: matmul broadcasts it
-    logits = stack_chains([mlp_logits([p[c] for p in params], x, self.dtype)[0]
+    logits = stack_chains([mlp_logits([p[c] for p in params], x, self.dtype)
                            for c in self.chains(params[0].shape[0])])
     return tf.argmax(logits, -1, output_type=tf.int32) == self.labels[start:start + size][None]
 

@@ -1,6 +1,7 @@
 """How close the trainer runs to this machine's limit, measured in one run.
 
     python benchmarks/throughput.py [--models-at-once K] [--epochs 2] [--skip-bf16] [--record-repeats 5]
+                                    [--backward-repeats 7]
 
 On synthetic data of MNIST's shape (no download), it measures
   (a) the machine's matmul rate through TensorFlow: a 4096^3 matmul, fp32 (and bf16);
@@ -8,6 +9,10 @@ On synthetic data of MNIST's shape (no download), it measures
       their evaluation on all 60,000 examples, in examples/s and GFLOP/s;
   (c) the same slice one model at a time (K = 1);
   (d) what recording the learning proxies costs: slices with and without it, interleaved;
+  (e) the backward: TensorFlow's autodiff (mnist.py's) against the gradient written by hand
+      (below), inside the same compiled loop, in the CPU's per-model layout and the stacked
+      layout (a GPU's, here on the CPU), in float32 and bfloat16: interleaved pairs of training
+      slices, the median of the per-pair ratios;
 and prints (b)/(a), (b)/(c), bf16/fp32 and the full protocol's projected wall time. Only figures
 from the same run are compared: this machine's speed varies from run to run.
 """
@@ -59,6 +64,58 @@ def synthetic_mnist(seed=0):
   return images, labels
 
 
+def hand_gradients(params, x, y, weight, dtype='float32'):
+  """The gradient of mnist.mean_nll written by hand, as mnist.py had it before autodiff: no
+  gradient for the inputs x, transposed matmuls instead of materialised transposes. Returns
+  what mnist.loss_gradients returns: (gradients, the forward pass's probabilities)."""
+  weights = [tf.cast(p, dtype) for p in params]  # cast once for forward and backward
+  activations = [tf.cast(x, dtype)]  # each layer's input, then the logits
+  for i in range(0, len(weights), 2):
+    z = tf.matmul(activations[-1], weights[i]) + weights[i + 1]
+    activations.append(tf.nn.relu(z) if i + 2 < len(weights) else z)
+  probabilities = tf.nn.softmax(tf.cast(activations.pop(), tf.float32))
+  delta = (probabilities - tf.one_hot(y, mnist.NUM_CLASSES)) * (weight / tf.reduce_sum(weight))[:, None]
+  delta = tf.cast(delta, dtype)
+  grads = []
+  for i in reversed(range(0, len(params), 2)):
+    a = activations[i // 2]
+    grads = [tf.cast(tf.matmul(a, delta, transpose_a=True), tf.float32),
+             tf.reduce_sum(tf.cast(delta, tf.float32), -2, keepdims=True)] + grads
+    if i > 0:
+      delta = tf.matmul(delta, weights[i], transpose_b=True) * tf.cast(a > 0, dtype)
+  return grads, probabilities
+
+
+def time_training(trainer, k):
+  """Seconds to train one group of k models at RATIO, compiled ahead."""
+  start = time.perf_counter()
+  trainer.train(list(range(100, 100 + k)), RATIO)[0].numpy()
+  return time.perf_counter() - start
+
+
+def compare_backwards(images, labels, k, epochs, repeats, precisions):
+  """(e): per layout and precision, the hand-written backward's training speed over autodiff's
+  in `repeats` interleaved pairs, each pair in alternating order, so that drifts of this
+  machine's speed hit both alike. Prints one line each."""
+  for stacked in (False, True):
+    for precision in precisions:
+      config = mnist.Config(epochs=epochs, precision=precision)
+      trainers = [mnist.EnsembleTrainer(images, labels, config, stacked=stacked, gradients=g)
+                  for g in (mnist.loss_gradients, hand_gradients)]
+      for trainer in trainers:
+        trainer.warm_up(k)
+      ratios = []  # autodiff's time / the hand-written one's: > 1, the hand-written is faster
+      for i in range(repeats):
+        seconds = {}
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+          seconds[j] = time_training(trainers[j], k)
+        ratios.append(seconds[0] / seconds[1])
+      print(f'(e) backward, {"stacked" if stacked else "per-model"} layout, K={k} {precision}, '
+            f'{repeats} interleaved pairs: hand-written / autodiff training speed '
+            f'{np.median(ratios):.3f} (median; hand-written faster in {sum(r > 1 for r in ratios)} '
+            f'of {repeats}; pairs {", ".join(f"{r:.3f}" for r in ratios)})', flush=True)
+
+
 def time_slice(trainer, k, epochs):
   """(train examples/s, eval examples/s) of one group of k models at RATIO, compiled ahead as
   mnist.py does, so that the timed call neither traces nor compiles."""
@@ -80,6 +137,8 @@ def main():
   p.add_argument('--skip-bf16', action='store_true')
   p.add_argument('--record-repeats', type=int, default=5,
                  help='pairs of slices with and without the learning record (0: skip)')
+  p.add_argument('--backward-repeats', type=int, default=7,
+                 help='pairs of slices with each backward, per layout and precision (0: skip)')
   p.add_argument('--matmul-only', help=argparse.SUPPRESS)  # (a), in its own process
   args = p.parse_args()
   if args.matmul_only:
@@ -90,7 +149,7 @@ def main():
   train_flops, eval_flops = mnist.flops_per_example(mnist.Config())
   images, labels = synthetic_mnist()
 
-  print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
+  print(f'machine: {mnist.cpu_name()} ({platform.machine()}), {os.cpu_count()} cores, '
         f'GPUs: {len(mnist.accelerators())}; TensorFlow {tf.__version__}, Python {platform.python_version()}')
   peak = machine_matmul_rates(['float32'] + ([] if args.skip_bf16 else ['bfloat16']))
   for dtype, rate in peak.items():
@@ -117,6 +176,10 @@ def main():
       ratios.append(with_record / without)
     print(f'(d) learning record, K={k}, {args.record_repeats} interleaved pairs: training throughput with / '
           f'without {np.median(ratios):.3f} (median; pairs {", ".join(f"{r:.3f}" for r in ratios)})')
+
+  if args.backward_repeats:
+    compare_backwards(images, labels, k, args.epochs, args.backward_repeats,
+                      ['float32'] + ([] if args.skip_bf16 else ['bfloat16']))
 
   b, c = results['(b)'], results['(c)']
   print(f'(b)/(a) fp32 trainer / matmul rate: {b[0] * train_flops / 1e9 / peak["float32"]:.2f}')

@@ -139,7 +139,7 @@ def test_padding_does_not_change_the_loss():
   rng = np.random.default_rng(2)
   x = rng.random((16, 784), dtype=np.float32)
   y = rng.integers(0, 10, 16).astype(np.int32)
-  loss = lambda x, y, weight: mnist.mean_nll(mnist.mlp_logits(params, x)[0], y, weight)
+  loss = lambda x, y, weight: mnist.mean_nll(mnist.mlp_logits(params, x), y, weight)
   padded = loss(x, y, np.r_[np.ones(11), np.zeros(5)].astype(np.float32))
   real = loss(x[:11], y[:11], np.ones(11, np.float32))
   np.testing.assert_allclose(padded.numpy(), real.numpy(), rtol=1e-6)
