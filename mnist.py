@@ -45,13 +45,14 @@ Sections, top to bottom. The method:
   Outputs and summaries
   main
 Then the machinery, which changes no score:
-  TensorFlow and stderr   loading TensorFlow late and quietly; the devices it sees
+  Data download           tfds' preparation, once, quietly; offline from the official files
   Device sizing           K, evaluation chunks, the opening line's description
   Results store           every finished run on disk, written atomically
   Locks                   who may share a store at once
   Shards and merge        which process trains which run; copying stores together
   Progress and ETA        the bar, counted in FLOPs
   Command line            flags, and the one-line errors for bad ones
+  Errors, TensorFlow and stderr   one-line errors; TensorFlow loaded late and quietly; devices
 
 Usage:
     python mnist.py                                   # full protocol: 9 ratios x 200 runs
@@ -82,8 +83,8 @@ import zlib
 import numpy as np
 from tqdm import tqdm
 
-# `tf` is TensorFlow, imported on its first use (see "TensorFlow and stderr" below): --help and
-# a mistyped flag answer at once.
+# `tf` is TensorFlow, imported on its first use (see the last section): --help and a mistyped
+# flag answer at once.
 
 
 # ================================================================================================
@@ -123,23 +124,9 @@ def ratio_key(ratio):
   return round(float(ratio), 6)
 
 
-class CScoreError(Exception):
-  """A problem the user can fix; main() prints it as one line, without a traceback."""
-
-
-def first_line(error):
-  """An exception's message cut to its first line (its type's name if it has none)."""
-  return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 # ------------------------------------------------------------------------------------------------
 # Data: MNIST's 60,000 training examples, in tensorflow-datasets' order (the scores' order).
 # ------------------------------------------------------------------------------------------------
-
-MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
-               't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
-MNIST_HOST = 'storage.googleapis.com'  # where tfds downloads MNIST from
-
 
 def load_mnist(data_dir=None, manual_dir=None):
   """MNIST's training split as (images uint8 [n, 784], labels int32 [n]), in tfds' order.
@@ -147,53 +134,11 @@ def load_mnist(data_dir=None, manual_dir=None):
   Pixels stay uint8 here (47 MB); the trainer scales them to [0, 1] after gathering a batch."""
   with native_stderr_silenced():
     import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()  # its bars and notes would bury our own lines
-  logging.getLogger('absl').setLevel(logging.ERROR)
   builder = tfds.builder('mnist', data_dir=data_dir)
-  if not builder.is_prepared():
-    print(f'preparing MNIST in {builder.data_dir} (once)', flush=True)
-    config = mnist_download_config(manual_dir)
-    if manual_dir is None and not proxied() and not network_reachable():
-      raise CScoreError(
-          f'MNIST is not prepared in {builder.data_dir} and {MNIST_HOST} cannot be reached. '
-          'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '
-          f'({", ".join(MNIST_FILES)}).')
-    try:
-      with contextlib.redirect_stdout(io.StringIO()):  # tfds' own lines: ours above says it
-        builder.download_and_prepare(download_config=config)
-    except Exception as e:  # tfds' checksum and download errors: keep their first line
-      raise CScoreError(f'preparing MNIST failed: {first_line(e)}') from e
+  prepare_once(builder, manual_dir)  # downloaded, or from the official files offline
   data = tfds.as_numpy(builder.as_dataset(split='train', batch_size=-1, shuffle_files=False))
   images = data['image'].reshape(len(data['image']), -1)
   return images, data['label'].astype(np.int32)
-
-
-def mnist_download_config(manual_dir):
-  """tfds download settings: the official files from manual_dir when given."""
-  import tensorflow_datasets as tfds
-  if manual_dir is None:
-    return tfds.download.DownloadConfig()
-  if not os.path.isdir(manual_dir):
-    raise CScoreError(f'--manual-dir {manual_dir} is not a folder')
-  missing = [f for f in MNIST_FILES if not os.path.isfile(os.path.join(manual_dir, f))]
-  if missing:
-    raise CScoreError(f'--manual-dir {manual_dir}: missing {", ".join(missing)} '
-                      f'(it must hold the four official MNIST files: {", ".join(MNIST_FILES)})')
-  return tfds.download.DownloadConfig(manual_dir=manual_dir)
-
-
-def network_reachable(host=MNIST_HOST, timeout=5.0):
-  """Whether the download host resolves and answers; tfds itself retries for minutes."""
-  try:
-    socket.create_connection((host, 443), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
-
-
-def proxied():
-  """Behind a proxy the host may not resolve here, yet tfds' download works."""
-  return any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy'))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,7 +250,7 @@ def mean_nll(logits, y, weight):
 
 def loss_gradients(params, x, y, weight, dtype='float32'):
   """(the gradient of mean_nll for params, fp32; the forward pass's softmax probabilities,
-  which the learning record reads at no extra cost)."""
+  which the learning record reads: one small op more, no second forward pass)."""
   with tf.GradientTape() as tape:
     tape.watch(params)
     logits = mlp_logits(params, x, dtype)
@@ -350,9 +295,9 @@ def chain_shape(chain, shape):
   return shape if isinstance(chain, int) else (chain.stop - chain.start, *shape)
 
 
-def stack_chains(parts):
+def stack_chains(chains, parts):
   """[K, ...] from the chains' parts, in model order."""
-  return tf.concat([p if p.shape.rank == 3 else p[None] for p in parts], 0)
+  return tf.concat([p if isinstance(c, slice) else p[None] for c, p in zip(chains, parts)], 0)
 
 
 class EnsembleTrainer:
@@ -405,7 +350,7 @@ class EnsembleTrainer:
         probabilities.append(chain_probabilities)
       if self.record:  # for all K models at once: a few small ops a step, not a few per model
         updates.append(record_step(record, rows, tf.gather(self.labels, rows),
-                                   stack_chains(probabilities), weight[s]))
+                                   stack_chains(chains, probabilities), weight[s]))
       with tf.control_dependencies(updates):
         return s + 1
 
@@ -418,7 +363,7 @@ class EnsembleTrainer:
       shapes = [s for i, o in zip(sizes[:-1], sizes[1:]) for s in ((i, o), (1, o))]
       variables = lambda: [[tf.Variable(tf.zeros(chain_shape(c, s))) for s in shapes] for c in chains]
       params, velocity = variables(), variables()
-      record = tf.Variable(tf.zeros((k, n, 2)))  # per model and example: hits, summed p(label)
+      record = tf.Variable(tf.zeros((k, n, 2)))  # per model and example: hits, summed confidence
       epoch = tf.function(lambda order, weight: self._epoch(chains, params, velocity, record,
                                                             order, weight),
                           reduce_retracing=True)  # one trace for all subset sizes
@@ -447,7 +392,7 @@ class EnsembleTrainer:
   def _weights(self, k):
     """The weights of the k models, stacked [k, ...], whichever the layout."""
     params = self._state(k)[0]
-    return [stack_chains([p[j] for p in params]) for j in range(len(params[0]))]
+    return [stack_chains(self.chains(k), [p[j] for p in params]) for j in range(len(params[0]))]
 
   def learning_record(self):
     """(hits, summed confidence), each [K, n] float32, of the last train(): per example, over
@@ -458,16 +403,17 @@ class EnsembleTrainer:
     return record[..., 0], record[..., 1]
 
   def _models_per_evaluation(self, k):
-    """Models per evaluation call, each call on EVAL_CHUNK examples, whatever k: a model's
-    predictions, hence its stored correctness, are then the same bit for bit however many models
-    trained beside it, on whichever shard. eval_rows bounds the call's memory."""
+    """Models per evaluation call, each call on EVAL_CHUNK examples, whatever k; eval_rows
+    bounds the call's memory. In per-model chains (a CPU's) a model's predictions, hence its
+    stored correctness, are then the same bit for bit however many models trained beside it,
+    on whichever shard."""
     return min(k, max(1, self.eval_rows // EVAL_CHUNK))
 
   def _predict_chunk(self, params, start, size):
     """[m, size] bool: which of examples start..start+size each of the m models gets right."""
     x = self._inputs(tf.range(start, start + size))  # shared by the models: matmul broadcasts it
-    logits = stack_chains([mlp_logits([p[c] for p in params], x, self.dtype)
-                           for c in self.chains(params[0].shape[0])])
+    chains = self.chains(params[0].shape[0])
+    logits = stack_chains(chains, [mlp_logits([p[c] for p in params], x, self.dtype) for c in chains])
     return tf.argmax(logits, -1, output_type=tf.int32) == self.labels[start:start + size][None]
 
   def correct(self, params):
@@ -490,7 +436,8 @@ class EnsembleTrainer:
       epoch_fn(tf.zeros((k, steps, self.config.batch_size), tf.int32),
                tf.ones((steps, self.config.batch_size)))
     models = self._models_per_evaluation(k)
-    self._predict([w[:models] for w in self._weights(k)], tf.constant(0), tf.constant(1))
+    for m in {models, k % models} - {0}:  # the calls' sizes: full, and what is left over
+      self._predict([w[:m] for w in self._weights(k)], tf.constant(0), tf.constant(1))
 
 
 class RunGroup(typing.NamedTuple):
@@ -1014,6 +961,10 @@ def main(argv=None):
   except (CScoreError, OSError) as e:
     print(f'mnist.py: error: {e}', file=sys.stderr)
     return 1
+  except ImportError as e:  # TensorFlow, tensorflow-datasets, matplotlib or scipy
+    print(f'mnist.py: error: {first_line(e)}; install what the script needs: '
+          'pip install -r requirements.txt', file=sys.stderr)
+    return 1
   except Exception as e:
     if not out_of_memory(e):
       raise
@@ -1033,122 +984,62 @@ def main(argv=None):
 # ================================================================================================
 
 # ------------------------------------------------------------------------------------------------
-# TensorFlow and stderr: loaded on first use, quietly; the devices it sees.
+# Data download: tensorflow-datasets prepares MNIST once, quietly; offline, from the official files.
 # ------------------------------------------------------------------------------------------------
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: no start-up log
+MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+               't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
+MNIST_HOST = 'storage.googleapis.com'  # where tfds downloads MNIST from
 
 
-@contextlib.contextmanager
-def native_stderr_silenced():
-  """Hides what native libraries write to stderr (TensorFlow logs some lines before its own
-  log level applies); Python's exceptions are raised as usual."""
-  sys.stderr.flush()
-  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  try:
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
-
-
-class LazyTensorFlow(types.ModuleType):
-  """TensorFlow, imported on first use: it takes seconds to load, and --help or a mistyped flag
-  should answer at once."""
-
-  def __getattr__(self, name):
-    global tf
-    try:
-      with native_stderr_silenced():
-        import tensorflow
-    except ImportError as e:
-      raise CScoreError(f'TensorFlow cannot be imported ({first_line(e)}); install what the script '
-                        'needs: pip install -r requirements.txt') from e
-    tf = tensorflow
-    return getattr(tensorflow, name)
-
-
-tf = LazyTensorFlow('tensorflow')
-
-
-def out_of_memory(error):
-  """Whether an error is running out of memory: the host's, or a device's. TensorFlow is not
-  imported for the question: if it is not loaded, none of its errors can have been raised."""
-  tensorflow = sys.modules.get('tensorflow')
-  return isinstance(error, MemoryError) or (
-      tensorflow is not None and isinstance(error, tensorflow.errors.ResourceExhaustedError))
-
-
-@functools.cache  # the devices do not change within a process
-def accelerators():
-  """The GPUs TensorFlow sees. Its first device query also starts its runtime, which logs
-  (e.g. a failed CUDA init on a CPU machine) past TF_CPP_MIN_LOG_LEVEL: hence the silence."""
-  with native_stderr_silenced():
-    return tf.config.list_physical_devices('GPU')
-
-
-def cpu_cores():
-  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-
-
-def cpu_name():
-  with contextlib.suppress(OSError):
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  return platform.processor() or platform.machine()
-
-
-def configure_tensorflow():
-  """On a CPU: deterministic ops, and one thread per op with as many ops at once as cores (the
-  per-model chains' parallelism). Call it before TensorFlow's first op."""
-  tf.get_logger().setLevel('ERROR')  # not its retracing notes
-  if accelerators():
+def prepare_once(builder, manual_dir):
+  """Prepares the tfds builder's data set unless it is prepared: one line of ours instead of
+  tfds' bars and notes, and a one-line error offline or on a bad file."""
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  logging.getLogger('absl').setLevel(logging.ERROR)
+  if builder.is_prepared():
     return
-  # Bit-identical reruns and resumes; measured at no cost (within noise) on the CPU.
-  tf.config.experimental.enable_op_determinism()
-  with contextlib.suppress(RuntimeError):  # the runtime has started: keep its settings
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(cpu_cores())
-
-
-@functools.cache
-def device_kind():
-  """What trains here, as each stored run records it: 'CPU', or the first GPU's name."""
-  gpus = accelerators()
-  if not gpus:
-    return 'CPU'
-  return tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')
-
-
-def matmul_precision(config):
-  """How the matmuls round: 'bf16', 'tf32' (float32 on an Ampere or newer GPU, where TensorFlow
-  uses TensorFloat-32 by default) or 'fp32'."""
-  if config.precision == 'bfloat16':
-    return 'bf16'
-  gpus = accelerators()
-  if gpus and tf.config.experimental.is_tensor_float_32_execution_enabled():
-    if tf.config.experimental.get_device_details(gpus[0]).get('compute_capability', (0, 0)) >= (8, 0):
-      return 'tf32'
-  return 'fp32'
-
-
-@functools.cache  # one nvidia-smi call, however many ask
-def gpu_memory_bytes():
-  """Total memory of the first GPU this process sees (nvidia-smi; CUDA_VISIBLE_DEVICES picks
-  it, as in one process per GPU), or None."""
-  import subprocess
-  first = os.environ.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0].strip() or '0'
+  print(f'preparing MNIST in {builder.data_dir} (once)', flush=True)
+  config = mnist_download_config(manual_dir)
+  if manual_dir is None and not proxied() and not network_reachable():
+    raise CScoreError(
+        f'MNIST is not prepared in {builder.data_dir} and {MNIST_HOST} cannot be reached. '
+        'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '
+        f'({", ".join(MNIST_FILES)}).')
   try:
-    out = subprocess.run(['nvidia-smi', '-i', first, '--query-gpu=memory.total',
-                          '--format=csv,noheader,nounits'],
-                         capture_output=True, text=True, timeout=10).stdout
-    return int(out.split()[0]) * 2**20
-  except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-    return None
+    with contextlib.redirect_stdout(io.StringIO()):  # tfds' own lines: ours above says it
+      builder.download_and_prepare(download_config=config)
+  except Exception as e:  # tfds' checksum and download errors: keep their first line
+    raise CScoreError(f'preparing MNIST failed: {first_line(e)}') from e
+
+
+def mnist_download_config(manual_dir):
+  """tfds download settings: the official files from manual_dir when given."""
+  import tensorflow_datasets as tfds
+  if manual_dir is None:
+    return tfds.download.DownloadConfig()
+  if not os.path.isdir(manual_dir):
+    raise CScoreError(f'--manual-dir {manual_dir} is not a folder')
+  missing = [f for f in MNIST_FILES if not os.path.isfile(os.path.join(manual_dir, f))]
+  if missing:
+    raise CScoreError(f'--manual-dir {manual_dir}: missing {", ".join(missing)} '
+                      f'(it must hold the four official MNIST files: {", ".join(MNIST_FILES)})')
+  return tfds.download.DownloadConfig(manual_dir=manual_dir)
+
+
+def network_reachable(host=MNIST_HOST, timeout=5.0):
+  """Whether the download host resolves and answers; tfds itself retries for minutes."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def proxied():
+  """Behind a proxy the host may not resolve here, yet tfds' download works."""
+  return any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy'))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1401,6 +1292,9 @@ def read_run_file(path):
   naming it."""
   try:
     with np.load(path, allow_pickle=False) as f:
+      if 'hits' not in f or 'device' not in f:
+        raise ValueError('it has no learning record or no device: an mnist.py older than this one '
+                         'wrote it; its runs must be trained again')
       ratio, seeds, n, epochs = float(f['ratio']), f['seeds'], int(f['n']), int(f['epochs'])
       held_out = np.unpackbits(f['held_out'], axis=1, count=n).astype(bool)
       correct = np.unpackbits(f['correct'], axis=1, count=n).astype(bool)
@@ -1704,6 +1598,8 @@ def number_in(low, high, low_included=False):
       value = float(text)
     except ValueError:
       raise argparse.ArgumentTypeError(f'not a number: {text!r}')
+    if not np.isfinite(value):
+      raise argparse.ArgumentTypeError(f'not a finite number: {text!r}')
     if not (low < value < high or (low_included and value == low)):
       below = f' and below {high}' if high < float('inf') else ''
       raise argparse.ArgumentTypeError(f'must be {"at least" if low_included else "above"} {low}{below}, got {value}')
@@ -1804,6 +1700,133 @@ def parse_args(argv=None):
                   momentum=args.momentum, hidden=args.hidden, precision=args.precision,
                   models_at_once=args.models_at_once)
   return config, args
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors, TensorFlow and stderr: one-line errors; TensorFlow loaded on first use, quietly; the
+# devices it sees.
+# ------------------------------------------------------------------------------------------------
+
+class CScoreError(Exception):
+  """A problem the user can fix; main() prints it as one line, without a traceback."""
+
+
+def first_line(error):
+  """An exception's message cut to its first line (its type's name if it has none)."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: no start-up log
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+  """Hides what native libraries write to stderr (TensorFlow logs some lines before its own
+  log level applies); Python's exceptions are raised as usual."""
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+class LazyTensorFlow(types.ModuleType):
+  """TensorFlow, imported on first use: it takes seconds to load, and --help or a mistyped flag
+  should answer at once."""
+
+  def __getattr__(self, name):
+    global tf
+    if name.startswith('__'):  # a probe (copy, inspect, mock), not a use: no import for it
+      raise AttributeError(name)
+    with native_stderr_silenced():
+      import tensorflow
+    tf = tensorflow
+    return getattr(tensorflow, name)
+
+
+tf = LazyTensorFlow('tensorflow')
+
+
+def out_of_memory(error):
+  """Whether an error is running out of memory: the host's, or a device's. TensorFlow is not
+  imported for the question: if it is not loaded, none of its errors can have been raised."""
+  tensorflow = sys.modules.get('tensorflow')
+  return isinstance(error, MemoryError) or (
+      tensorflow is not None and isinstance(error, tensorflow.errors.ResourceExhaustedError))
+
+
+@functools.cache  # the devices do not change within a process
+def accelerators():
+  """The GPUs TensorFlow sees. Its first device query also starts its runtime, which logs
+  (e.g. a failed CUDA init on a CPU machine) past TF_CPP_MIN_LOG_LEVEL: hence the silence."""
+  with native_stderr_silenced():
+    return tf.config.list_physical_devices('GPU')
+
+
+def cpu_cores():
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def cpu_name():
+  with contextlib.suppress(OSError):
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  return platform.processor() or platform.machine()
+
+
+def configure_tensorflow():
+  """On a CPU: deterministic ops, and one thread per op with as many ops at once as cores (the
+  per-model chains' parallelism). Call it before TensorFlow's first op."""
+  tf.get_logger().setLevel('ERROR')  # not its retracing notes
+  if accelerators():
+    return
+  # Bit-identical reruns and resumes; measured at no cost (within noise) on the CPU.
+  tf.config.experimental.enable_op_determinism()
+  with contextlib.suppress(RuntimeError):  # the runtime has started: keep its settings
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(cpu_cores())
+
+
+@functools.cache
+def device_kind():
+  """What trains here, as each stored run records it: 'CPU', or the first GPU's name."""
+  gpus = accelerators()
+  if not gpus:
+    return 'CPU'
+  return tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'GPU')
+
+
+def matmul_precision(config):
+  """How the matmuls round: 'bf16', 'tf32' (float32 on an Ampere or newer GPU, where TensorFlow
+  uses TensorFloat-32 by default) or 'fp32'."""
+  if config.precision == 'bfloat16':
+    return 'bf16'
+  gpus = accelerators()
+  if gpus and tf.config.experimental.is_tensor_float_32_execution_enabled():
+    if tf.config.experimental.get_device_details(gpus[0]).get('compute_capability', (0, 0)) >= (8, 0):
+      return 'tf32'
+  return 'fp32'
+
+
+@functools.cache  # one nvidia-smi call, however many ask
+def gpu_memory_bytes():
+  """Total memory of the first GPU this process sees (nvidia-smi; CUDA_VISIBLE_DEVICES picks
+  it, as in one process per GPU), or None."""
+  import subprocess
+  first = os.environ.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0].strip() or '0'
+  try:
+    out = subprocess.run(['nvidia-smi', '-i', first, '--query-gpu=memory.total',
+                          '--format=csv,noheader,nounits'],
+                         capture_output=True, text=True, timeout=10).stdout
+    return int(out.split()[0]) * 2**20
+  except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+    return None
 
 
 if __name__ == '__main__':  # after every definition above: main() uses the machinery too

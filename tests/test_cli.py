@@ -36,10 +36,13 @@ def test_the_models_flags_override_the_papers_model():
   assert (config.hidden, config.learning_rate, config.momentum) == ((100,), 0.05, 0.0)
 
 
-def test_the_models_settings_are_part_of_the_stores_settings():
-  config, _ = mnist.parse_args(['--hidden', '300,100', '--learning-rate', '0.2', '--momentum', '0.5'])
-  settings = mnist.store_settings(config, 'x')
-  assert (settings['hidden'], settings['learning_rate'], settings['momentum']) == ([300, 100], 0.2, 0.5)
+def test_a_store_of_the_papers_model_refuses_another_model(tmp_path):
+  mnist.open_store(tmp_path, mnist.store_settings(mnist.parse_args([])[0], 'x'))
+  other, _ = mnist.parse_args(['--hidden', '300,100', '--learning-rate', '0.2', '--momentum', '0.5'])
+  with pytest.raises(mnist.CScoreError) as refused:
+    mnist.open_store(tmp_path, mnist.store_settings(other, 'x'))
+  for words in ('hidden', '[512, 256]', '[300, 100]', 'learning_rate', 'momentum'):
+    assert words in str(refused.value)
 
 
 @pytest.mark.parametrize('argv, says', [
@@ -66,6 +69,7 @@ def test_the_models_settings_are_part_of_the_stores_settings():
     (['--hidden', 'wide'], 'not a comma-separated list of whole numbers'),
     (['--learning-rate', '0'], 'above 0'),
     (['--learning-rate', 'fast'], 'not a number'),
+    (['--learning-rate', 'inf'], 'not a finite number'),
     (['--momentum', '1'], 'below 1'),
     (['--momentum', '-0.1'], 'at least 0'),
 ])
@@ -119,10 +123,18 @@ def test_running_out_of_a_devices_memory_is_one_line_too(tmp_path, capsys, monke
   assert err.count('\n') == 1 and 'out of memory' in err
 
 
+def test_an_error_that_is_not_the_users_keeps_its_traceback(tmp_path, monkeypatch):
+  def broken(*args, **kwargs):
+    raise RuntimeError('a bug')
+  monkeypatch.setattr(mnist, 'load_mnist', broken)
+  with pytest.raises(RuntimeError, match='a bug'):
+    mnist.main(['--out-dir', str(tmp_path)])
+
+
 def test_tensorflow_that_cannot_be_imported_is_one_line_without_a_traceback(tmp_path):
   result = run_main_without('tensorflow', ['--out-dir', str(tmp_path)])  # as if not installed
   assert result.returncode == 1 and 'Traceback' not in result.stderr
-  assert result.stderr.count('\n') == 1 and 'TensorFlow' in result.stderr and 'requirements.txt' in result.stderr
+  assert result.stderr.count('\n') == 1 and 'tensorflow' in result.stderr and 'pip install -r requirements.txt' in result.stderr
 
 
 # --- Fast answers: no TensorFlow before the flags are read ---------------------------------------

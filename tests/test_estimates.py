@@ -9,7 +9,7 @@ from conftest import masks_only_run
 
 
 def synthetic_runs(ratios=(0.2, 0.5), runs=6, n=40, seed=0):
-  """{(ratio, seed): (held_out, correct)} with per-example skill, as a store holds them."""
+  """{(ratio, seed): Run} with per-example skill, as load_runs gives them."""
   rng = np.random.default_rng(seed)
   skill = rng.random(n)
   store = {}

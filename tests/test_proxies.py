@@ -16,17 +16,17 @@ CONFIG = mnist.Config(ratios=(0.5,), runs=2, epochs=3, hidden=(16,))
 def direct_record(images, labels, seed, ratio, config):
   """(hits [n], mean p(label) over the epochs [n]): the run's model stepped one batch at a time
   in NumPy, each batch evaluated before its update."""
-  hits, p_label = np.zeros(len(labels)), np.zeros(len(labels))  # p_label: summed over epochs
+  hits, confidence = np.zeros(len(labels)), np.zeros(len(labels))  # summed over the epochs
 
   def evaluate(idx, weight, x, params):
     probabilities = numpy_softmax(numpy_logits(params, x))
     for i, real, p in zip(idx, weight, probabilities):
       if real:
         hits[i] += p.argmax() == labels[i]
-        p_label[i] += p[labels[i]]
+        confidence[i] += p[labels[i]]
 
   sgd_by_hand(images, labels, seed, ratio, config, evaluate)
-  return hits, p_label / config.epochs
+  return hits, confidence / config.epochs
 
 
 @pytest.mark.parametrize('stacked', [True, False], ids=['stacked', 'per-model'])

@@ -331,11 +331,12 @@ def test_compiling_ahead_does_not_change_a_run(synthetic_data):
     np.testing.assert_array_equal(a, b, err_msg=field)
 
 
-def test_the_stacked_layouts_evaluation_equals_the_per_model_one(synthetic_data):
+def test_the_stacked_layouts_evaluation_equals_the_per_model_one(synthetic_data, monkeypatch):
   images, labels = synthetic_data
+  monkeypatch.setattr(mnist, 'EVAL_CHUNK', 128)  # 5 chunks of examples, 3 models a call
   config = mnist.Config(epochs=1)
-  per_model = mnist.EnsembleTrainer(images, labels, config, stacked=False, eval_rows=2000)
-  stacked = mnist.EnsembleTrainer(images, labels, config, stacked=True, eval_rows=2000)
+  per_model = mnist.EnsembleTrainer(images, labels, config, stacked=False, eval_rows=384)
+  stacked = mnist.EnsembleTrainer(images, labels, config, stacked=True, eval_rows=384)
   params = per_model.train([0, 1, 2], 0.5)
   np.testing.assert_array_equal(stacked.correct(params), per_model.correct(params))
 

@@ -49,6 +49,15 @@ def test_store_made_with_other_settings_is_refused_naming_each_difference(tmp_pa
     mnist.open_store(tmp_path, other)
 
 
+def test_a_file_without_a_learning_record_is_refused_as_an_older_versions(tmp_path):
+  store = mnist.open_store(tmp_path, SETTINGS)
+  np.savez(os.path.join(store, 'runs-r0.500000-s000000-000000-k1.npz'), ratio=np.float64(0.5),
+           seeds=np.array([0]), n=np.int64(8), held_out=np.packbits(np.ones((1, 8), bool), axis=1),
+           correct=np.packbits(np.ones((1, 8), bool), axis=1))
+  with pytest.raises(mnist.CScoreError, match='runs-r0.500000-s000000-000000-k1.npz.*older'):
+    mnist.load_runs(store)
+
+
 def test_fresh_discards_the_stored_runs(tmp_path):
   store = mnist.open_store(tmp_path, SETTINGS)
   save(store, 0.5, [0])
