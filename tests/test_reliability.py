@@ -62,6 +62,21 @@ def test_ctrl_c_keeps_finished_groups_writes_outputs_says_how_to_resume_and_exit
   assert (tmp_path / 'cscores.npy').exists() and (tmp_path / 'mnist-examples.pdf').exists()
 
 
+def test_ctrl_c_between_saving_a_group_and_recording_it_still_estimates_from_that_group(
+    mnist_data_dir, tmp_path, monkeypatch, capsys):
+  read = mnist.read_run_file
+  calls = []
+  def interrupted_once(path):  # Ctrl-C lands just after the first group's file is on disk
+    calls.append(path)
+    if len(calls) == 1:
+      raise KeyboardInterrupt
+    return read(path)
+  monkeypatch.setattr(mnist, 'read_run_file', interrupted_once)
+  assert mnist.main(tiny_argv(mnist_data_dir, tmp_path)) == 130
+  assert len(stored_files(tmp_path)) == 1
+  assert np.isfinite(np.load(tmp_path / 'cscores.npy')).any()
+
+
 # 3. corrupt store
 def test_a_corrupt_store_file_stops_the_run_naming_it_and_is_not_overwritten(
     tiny_run, mnist_data_dir, tmp_path):
