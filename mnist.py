@@ -284,9 +284,9 @@ def record_step(record, rows, labels, probabilities, weight):
   per example of each batch (rows, labels [K, B]), seen before the step's update, 1 if the model
   classifies it correctly else 0, and its probability of the label, each times `weight` (0 on
   padding). Summed over epochs they are the paper's learning-speed proxies of the C-score."""
-  hit = tf.cast(tf.argmax(probabilities, -1, output_type=tf.int32) == labels, tf.float32)
+  hit = tf.cast(tf.argmax(probabilities, -1, output_type=labels.dtype) == labels, tf.float32)
   confidence = tf.gather(probabilities, labels, batch_dims=2)
-  models = tf.broadcast_to(tf.range(tf.shape(rows)[0])[:, None], tf.shape(rows))
+  models = tf.broadcast_to(tf.range(tf.shape(rows, out_type=rows.dtype)[0])[:, None], tf.shape(rows))
   return record.scatter_nd_add(tf.stack([models, rows], -1), tf.stack([hit * weight, confidence * weight], -1))
 
 
@@ -310,9 +310,14 @@ class EnsembleTrainer:
   def __init__(self, images, labels, config, stacked=None, eval_rows=None, record=True,
                gradients=loss_gradients):
     self.config = config
-    self.images = tf.constant(images)   # uint8: 4x less to gather than floats; cast after
-    self.labels = tf.constant(labels, tf.int32)
     self.stacked = bool(accelerators()) if stacked is None else stacked  # the layout: a GPU's
+    # The images stay uint8 (4x less to gather than floats; cast after). In a GPU's layout the
+    # table is a variable, whose gather has a GPU kernel for uint8 (a constant's has not), and
+    # indices and labels are int64: TensorFlow keeps int32 tensors in host memory on a GPU, so
+    # every step would cross over. The CPU keeps int32 and a constant: 3% faster there.
+    self.index_dtype = tf.int64 if self.stacked else tf.int32
+    self.images = tf.Variable(images, trainable=False) if self.stacked else tf.constant(images)
+    self.labels = tf.constant(labels, self.index_dtype)
     self.dtype = tf.bfloat16 if config.precision == 'bfloat16' else tf.float32
     self.eval_rows = eval_rows or default_eval_rows(config)  # bounds evaluation's memory
     self.record = record                # False only to measure what recording costs
@@ -383,7 +388,7 @@ class EnsembleTrainer:
     orders = np.stack([batch_order(s, n, ratio, c.epochs, c.batch_size) for s in seeds], axis=1)
     weight = tf.constant(batch_weights(subset_size(n, ratio), c.batch_size))
     for e in range(c.epochs):
-      epoch_fn(tf.constant(orders[e]), weight)
+      epoch_fn(tf.constant(orders[e], self.index_dtype), weight)
       if on_epoch:
         on_epoch(e)
     self._last_k = k
@@ -414,15 +419,18 @@ class EnsembleTrainer:
     x = self._inputs(tf.range(start, start + size))  # shared by the models: matmul broadcasts it
     chains = self.chains(params[0].shape[0])
     logits = stack_chains(chains, [mlp_logits([p[c] for p in params], x, self.dtype) for c in chains])
-    return tf.argmax(logits, -1, output_type=tf.int32) == self.labels[start:start + size][None]
+    return tf.argmax(logits, -1, output_type=self.index_dtype) == self.labels[start:start + size][None]
+
+  def _index(self, i):
+    return tf.constant(i, self.index_dtype)
 
   def correct(self, params):
     """[K, n] bool: which examples each model classifies correctly."""
     n, k = len(self.labels), int(params[0].shape[0])
     models = self._models_per_evaluation(k)
     return np.concatenate([
-        np.concatenate([self._predict([p[m:m + models] for p in params], tf.constant(s),
-                                      tf.constant(min(EVAL_CHUNK, n - s))).numpy()
+        np.concatenate([self._predict([p[m:m + models] for p in params], self._index(s),
+                                      self._index(min(EVAL_CHUNK, n - s))).numpy()
                         for s in range(0, n, EVAL_CHUNK)], axis=1)
         for m in range(0, k, models)])
 
@@ -433,11 +441,11 @@ class EnsembleTrainer:
     epoch_fn = self._state(k)[3]
     for steps in (1, 2):  # two step counts give the trace that fits every subset size; the
       # weights they update are set afresh by train()
-      epoch_fn(tf.zeros((k, steps, self.config.batch_size), tf.int32),
+      epoch_fn(tf.zeros((k, steps, self.config.batch_size), self.index_dtype),
                tf.ones((steps, self.config.batch_size)))
     models = self._models_per_evaluation(k)
     for m in {models, k % models} - {0}:  # the calls' sizes: full, and what is left over
-      self._predict([w[:m] for w in self._weights(k)], tf.constant(0), tf.constant(1))
+      self._predict([w[:m] for w in self._weights(k)], self._index(0), self._index(1))
 
 
 class RunGroup(typing.NamedTuple):
