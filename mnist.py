@@ -1548,8 +1548,8 @@ def train_missing_runs(trainer, store, runs, groups, tag=''):
           runs[ratio_key(r), s] = run
         trained += len(seeds)
         bar.set_description(f'ratio {ratio:.2f}, {trained}/{models} models done')
-    except KeyboardInterrupt:  # a group saved just before Ctrl-C is on disk but maybe not in `runs`
-      runs.update(load_runs(store))
+    except KeyboardInterrupt:
+      runs.update(load_runs(store))  # a group saved just before Ctrl-C may not be in `runs` yet
       return trained, True
   return trained, False
 

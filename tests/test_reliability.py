@@ -63,7 +63,7 @@ def test_ctrl_c_keeps_finished_groups_writes_outputs_says_how_to_resume_and_exit
 
 
 def test_ctrl_c_between_saving_a_group_and_recording_it_still_estimates_from_that_group(
-    mnist_data_dir, tmp_path, monkeypatch, capsys):
+    mnist_data_dir, tmp_path, monkeypatch):
   read = mnist.read_run_file
   calls = []
   def interrupted_once(path):  # Ctrl-C lands just after the first group's file is on disk
