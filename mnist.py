@@ -47,6 +47,8 @@ Sections, top to bottom. The method:
 Then the machinery, which changes no score:
   Data download           tfds' preparation, once, quietly; offline from the official files
   Device sizing           K, evaluation chunks, the opening line's description
+  GPUs                    one per process, memory growth; which one and its free memory,
+                          from nvidia-smi; bf16's limit; the warnings and failures
   Results store           every finished run on disk, written atomically
   Locks                   who may share a store at once
   Shards and merge        which process trains which run; copying stores together
@@ -62,6 +64,7 @@ Usage:
 
 import argparse
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -72,6 +75,7 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import sys
 import tempfile
@@ -300,6 +304,22 @@ def stack_chains(chains, parts):
   return tf.concat([p if isinstance(c, slice) else p[None] for c, p in zip(chains, parts)], 0)
 
 
+class GroupWork(typing.NamedTuple):
+  """What the host draws for a group of K runs before they train: the runs' own randomness."""
+  initial: list           # the initial weights, each stacked [K, ...]
+  orders: np.ndarray      # [epochs, K, steps, B] example indices: each model's batches
+  weight: np.ndarray      # [steps, B]: 1 for an example, 0 for padding (the same for all K)
+  held_out: np.ndarray    # [K, n] bool: the examples outside each run's subset
+
+
+def group_work(config, n, ratio, seeds):
+  """The GroupWork of runs `seeds` at `ratio`."""
+  return GroupWork(stack_models([init_mlp(s, layer_sizes(config)) for s in seeds]),
+                   np.stack([batch_order(s, n, ratio, config.epochs, config.batch_size) for s in seeds], axis=1),
+                   batch_weights(subset_size(n, ratio), config.batch_size),
+                   np.stack([held_out_mask(s, n, ratio) for s in seeds]))
+
+
 class EnsembleTrainer:
   """K models trained in lockstep, then evaluated, on data held on the device.
 
@@ -375,20 +395,21 @@ class EnsembleTrainer:
       self._compiled[k] = (params, velocity, record, epoch)
     return self._compiled[k]
 
-  def train(self, seeds, ratio, on_epoch=None):
-    """Trains the runs `seeds` of `ratio` together; returns their weights, stacked [K, ...]."""
-    c, n, k = self.config, len(self.labels), len(seeds)
+  def train(self, seeds, ratio, on_epoch=None, work=None):
+    """Trains the runs `seeds` of `ratio` together, from their GroupWork (prepared here if not
+    given); returns their weights, stacked [K, ...]."""
+    c, k = self.config, len(seeds)
+    if work is None:
+      work = group_work(c, len(self.labels), ratio, seeds)
     params, velocity, record, epoch_fn = self._state(k)
-    initial = stack_models([init_mlp(s, layer_sizes(c)) for s in seeds])
     for chain, p, v in zip(self.chains(k), params, velocity):
-      for w, vel, value in zip(p, v, initial):
+      for w, vel, value in zip(p, v, work.initial):
         w.assign(value[chain])
         vel.assign(tf.zeros_like(vel))
     record.assign(tf.zeros_like(record))
-    orders = np.stack([batch_order(s, n, ratio, c.epochs, c.batch_size) for s in seeds], axis=1)
-    weight = tf.constant(batch_weights(subset_size(n, ratio), c.batch_size))
+    weight = tf.constant(work.weight)
     for e in range(c.epochs):
-      epoch_fn(tf.constant(orders[e], self.index_dtype), weight)
+      epoch_fn(tf.constant(work.orders[e], self.index_dtype), weight)
       if on_epoch:
         on_epoch(e)
     self._last_k = k
@@ -457,17 +478,18 @@ class RunGroup(typing.NamedTuple):
   confidence: np.ndarray  # float32: its mean probability of the label over the epochs, likewise
 
 
-def train_run_group(trainer, ratio, seeds, on_step=None):
-  """Trains runs `seeds` at `ratio`; returns their RunGroup. on_step(i) is called after each
-  epoch i < epochs and after the evaluation (i = epochs)."""
-  n, epochs = len(trainer.labels), trainer.config.epochs
-  params = trainer.train(seeds, ratio, on_step)
-  held_out = np.stack([held_out_mask(s, n, ratio) for s in seeds])
+def train_run_group(trainer, ratio, seeds, on_step=None, work=None):
+  """Trains runs `seeds` at `ratio` (from their GroupWork, if prepared); returns their RunGroup.
+  on_step(i) is called after each epoch i < epochs and after the evaluation (i = epochs)."""
+  epochs = trainer.config.epochs
+  if work is None:
+    work = group_work(trainer.config, len(trainer.labels), ratio, seeds)
+  params = trainer.train(seeds, ratio, on_step, work)
   correct = trainer.correct(params)
   if on_step:
     on_step(epochs)
   hits, confidence = trainer.learning_record()
-  return RunGroup(held_out, correct, hits, confidence / epochs)
+  return RunGroup(work.held_out, correct, hits, confidence / epochs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -484,6 +506,7 @@ class Run(typing.NamedTuple):
   epochs: int
   hardware: tuple         # the device kind and how its matmuls round, e.g. ('CPU', 'fp32')
   file: str = ''          # the store file it came from
+  alternates: int = 0     # other records of this run, from other hardware, set aside
 
 
 def group_runs(group, epochs, hardware):
@@ -870,7 +893,10 @@ def hardware_line(runs, config):
   kinds = collections.Counter(r.hardware for ratio in config.ratios
                               for r in finished_runs(runs, config, ratio))
   listed = ', '.join(f'{count} on {device} ({matmul})' for (device, matmul), count in kinds.most_common())
-  return f'runs in the estimate trained {"on mixed hardware: " if len(kinds) > 1 else ""}{listed}'
+  twice = sum(r.alternates > 0 for ratio in config.ratios for r in finished_runs(runs, config, ratio))
+  return (f'runs in the estimate trained {"on mixed hardware: " if len(kinds) > 1 else ""}{listed}'
+          + (f'; {twice} of them stored twice, by different hardware: one record of each is used, '
+             "the CPU's (between GPUs, the first by name)" if twice else ''))
 
 
 def summary_lines(est, runs, config, trained, seconds):
@@ -954,7 +980,8 @@ def main(argv=None):
   try:
     with lock_store(args.out_dir, args.shard, reader=bool(args.estimate_only or args.merge),
                     existing=args.estimate_only and not args.merge):
-      configure_tensorflow()  # after the lock: a refused process answers at once
+      # After the lock: a refused process answers at once.
+      configure_tensorflow(train=not (args.estimate_only or args.merge))
       images, labels = load_mnist(args.data_dir, args.manual_dir)
       store, runs = open_and_load_store(args, config, images, labels)
       trained, interrupted = train_share(args, config, images, labels, store, runs)
@@ -974,10 +1001,9 @@ def main(argv=None):
           'pip install -r requirements.txt', file=sys.stderr)
     return 1
   except Exception as e:
-    if not out_of_memory(e):
+    if not (out_of_memory(e) or gpu_failed_to_start(e)):
       raise
-    print('mnist.py: error: out of memory; use a smaller --models-at-once or --batch-size',
-          file=sys.stderr)
+    print(f'mnist.py: error: {failure_line(e)}', file=sys.stderr)
     return 1
   for line in lines:
     print(line)
@@ -1062,12 +1088,23 @@ def per_model_bytes(config, n=60000):
   return 4 * (3 * weights + 4 * config.batch_size * sum(sizes) + 2 * n)
 
 
+# Assumed for a GPU whose memory nvidia-smi cannot tell (none on PATH, an order it cannot map).
+UNKNOWN_GPU_MEMORY = 8 * 2**30
+
+
+def gpu_free_bytes():
+  """Free memory of the GPU this process trains on, as nvidia-smi reads it before TensorFlow
+  takes any (memory growth is on, so TensorFlow takes only what it uses)."""
+  gpu = visible_gpu()
+  return gpu.free if gpu and gpu.free else UNKNOWN_GPU_MEMORY
+
+
 def default_models_at_once(runs, config=Config()):
   """K. On a CPU: enough chains to keep every core busy (8 is as fast as 16 on 2 cores). On a
-  GPU: as many as a quarter of its memory holds (about 10 MB a model: 2,000 on an 80 GB GPU, so
-  there every run of a ratio trains at once)."""
+  GPU: as many as a quarter of its free memory holds (about 10 MB a model: 2,000 on an idle
+  80 GB GPU, so there every run of a ratio trains at once)."""
   if accelerators():
-    k = (gpu_memory_bytes() or 8 * 2**30) // 4 // per_model_bytes(config)
+    k = gpu_free_bytes() // 4 // per_model_bytes(config)
   else:
     k = max(8, 2 * cpu_cores())
   return int(max(1, min(k, runs)))
@@ -1075,24 +1112,194 @@ def default_models_at_once(runs, config=Config()):
 
 # Evaluation goes EVAL_CHUNK examples at a time, whatever K (see EnsembleTrainer.correct).
 EVAL_CHUNK = 10_000
+# More rows per call gain nothing: at 32 models x 10,000 examples a call is about 0.3 TFLOP,
+# milliseconds on any GPU, against tens of microseconds to launch it; its activations take 2 GB.
+MAX_EVAL_ROWS = 320_000
 
 
 def default_eval_rows(config=Config()):
   """Models x examples per evaluation call: its activations take 4 bytes x sum(layer sizes) a
-  row, about 1 GB for 160,000 rows; on a GPU, an eighth of its memory."""
+  row, about 1 GB for 160,000 rows; on a GPU, an eighth of its free memory (with K's quarter,
+  the data and TensorFlow's own, well inside it), at most MAX_EVAL_ROWS."""
   if accelerators():
-    return int((gpu_memory_bytes() or 8 * 2**30) // 8 // (4 * sum(layer_sizes(config))))
+    return int(min(MAX_EVAL_ROWS, gpu_free_bytes() // 8 // (4 * sum(layer_sizes(config)))))
   return 160_000
 
 
 def device_description(config):
   """Where the models train, for the line that opens a run."""
   if accelerators():
-    memory = gpu_memory_bytes()
-    where = f'{device_kind()}' + (f' ({memory / 2**30:.0f} GB)' if memory else '')
+    gpu, count = visible_gpu(), len(gpus_seen())
+    notes = [f'{gpu.free / 2**30:.1f} of {gpu.total / 2**30:.1f} GiB free'] if gpu and gpu.free and gpu.total else []
+    notes += [f'the first of {count} visible, the others left free'] if count > 1 else []
+    where = f'the GPU {gpu.name if gpu else device_kind()}' + (f' ({"; ".join(notes)})' if notes else '')
   else:
     where = f'the CPU ({cpu_name()}, {cpu_cores()} cores)'
   return f'{where}, {config.precision} ({matmul_precision(config)} matmuls)'
+
+
+# ------------------------------------------------------------------------------------------------
+# GPUs: one per process, its memory grown as needed; found by nvidia-smi as CUDA numbers it; its
+# warnings and failures.
+#
+# CUDA numbers the GPUs fastest first unless CUDA_DEVICE_ORDER is PCI_BUS_ID; nvidia-smi numbers
+# them by PCI bus. So that an index in CUDA_VISIBLE_DEVICES names the same GPU for both, the
+# script sets PCI_BUS_ID (before CUDA starts) unless the user chose an order. A UUID
+# (GPU-... or MIG-...) names one device whatever the order. A GPU split by MIG shows CUDA its
+# first slice only, and the slice's memory is its profile's (1g.10gb: 10 GB).
+# ------------------------------------------------------------------------------------------------
+
+os.environ.setdefault('CUDA_DEVICE_ORDER', 'PCI_BUS_ID')
+
+
+class Gpu(typing.NamedTuple):
+  """A GPU, or a MIG slice of one, as nvidia-smi lists it; memory in bytes, None if unknown."""
+  index: int             # the GPU's nvidia-smi index (the slice's GPU's, for a slice)
+  name: str              # e.g. 'NVIDIA A100-SXM4-80GB', or 'NVIDIA A100-SXM4-80GB MIG 1g.10gb'
+  uuid: str
+  free: typing.Optional[int]
+  total: typing.Optional[int]
+  slices: tuple = ()     # its MIG slices, each a Gpu
+
+
+def nvidia_smi(*args):
+  """nvidia-smi's output, or '' where it is missing, fails or hangs."""
+  import subprocess
+  try:
+    done = subprocess.run(['nvidia-smi', *args], capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.SubprocessError):
+    return ''
+  return done.stdout if done.returncode == 0 else ''
+
+
+NVIDIA_SMI_GPU = re.compile(r'GPU (\d+): (.+?) \(UUID: (GPU-[\w-]+)\)')
+NVIDIA_SMI_MIG = re.compile(r'\s+MIG ((?:\d+c\.)?\d+g\.(\d+)gb\S*)\s+Device\s+\d+: \(UUID: (MIG-[\w/-]+)\)')
+
+
+def nvidia_smi_gpus():
+  """[Gpu] that nvidia-smi lists (-L), with their free and total memory (--query-gpu); lines it
+  cannot read are left out, so garbage gives []."""
+  memory = {}
+  for line in nvidia_smi('--query-gpu=uuid,memory.free,memory.total',
+                         '--format=csv,noheader,nounits').splitlines():
+    fields = [f.strip() for f in line.split(',')]
+    if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+      memory[fields[0]] = int(fields[1]) * 2**20, int(fields[2]) * 2**20  # MiB
+  gpus = []
+  for line in nvidia_smi('-L').splitlines():
+    if match := NVIDIA_SMI_GPU.fullmatch(line.strip()):
+      index, name, uuid = int(match[1]), match[2], match[3]
+      gpus.append(Gpu(index, name, uuid, *memory.get(uuid, (None, None))))
+    elif gpus and (match := NVIDIA_SMI_MIG.fullmatch(line.rstrip())):
+      gpu, size = gpus[-1], int(match[2]) * 10**9
+      mig = Gpu(gpu.index, f'{gpu.name} MIG {match[1]}', match[3], size, size)
+      gpus[-1] = gpu._replace(slices=gpu.slices + (mig,))
+  return gpus
+
+
+@functools.cache  # one look, however many ask
+def visible_gpu():
+  """The device CUDA gives this process first (see above), as nvidia-smi knows it: a Gpu, or
+  None if there is none or it cannot be told which it is (an index under CUDA's own order on a
+  machine of several GPUs)."""
+  visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+  first = '0' if visible is None else visible.split(',')[0].strip()
+  gpus = nvidia_smi_gpus()
+  if first.isdigit():
+    if len(gpus) > 1 and os.environ.get('CUDA_DEVICE_ORDER') != 'PCI_BUS_ID':
+      return None
+    found = [g for g in gpus if g.index == int(first)]
+  else:  # a UUID or its unique start, as CUDA accepts; '' or -1 hide every GPU
+    found = [d for g in gpus for d in (g, *g.slices) if first.startswith(('GPU-', 'MIG-')) and d.uuid.startswith(first)]
+  if len(found) != 1:
+    return None
+  return found[0].slices[0] if found[0].slices else found[0]
+
+
+@functools.cache  # the devices do not change within a process
+def gpus_seen():
+  """The GPUs TensorFlow sees. Its first device query also starts its runtime, which logs
+  (e.g. a failed CUDA init on a CPU machine) past TF_CPP_MIN_LOG_LEVEL: hence the silence."""
+  with native_stderr_silenced():
+    return tf.config.list_physical_devices('GPU')
+
+
+@functools.cache
+def accelerators():
+  """The GPU this process trains on, as a list of one (or none): the first TensorFlow may use,
+  the others hidden from it, so that a process holds no memory of GPUs it does not use. Memory
+  growth is on, so that TensorFlow takes what it uses, not nearly all of the GPU: a second
+  process, or an --estimate-only beside running shards, still finds room. Call it before
+  TensorFlow's first op (configure_tensorflow does), when both settings can still be made."""
+  gpus = tf.config.get_visible_devices('GPU')[:1] if gpus_seen() else []
+  with contextlib.suppress(RuntimeError):  # the runtime has started (tests): keep its settings
+    for gpu in gpus:
+      tf.config.experimental.set_memory_growth(gpu, True)
+    tf.config.set_visible_devices(gpus, 'GPU')
+  return gpus
+
+
+def hide_gpus():
+  """For a command that trains nothing (--estimate-only, --merge): no GPU, not even CUDA
+  started, so that it takes no GPU memory beside running shards."""
+  os.environ['CUDA_VISIBLE_DEVICES'] = ''  # read when CUDA starts, and by visible_gpu()
+  if 'tensorflow' in sys.modules:  # loaded already (tests): hide them from it too
+    with contextlib.suppress(RuntimeError):
+      tf.config.set_visible_devices([], 'GPU')
+  for cached in (accelerators, visible_gpu, device_kind):
+    cached.cache_clear()
+
+
+def gpu_unseen_warning():
+  """One line when nvidia-smi lists a GPU for this process but TensorFlow sees none (so the run
+  would train on the CPU without a word); None otherwise."""
+  if accelerators() or (gpu := visible_gpu()) is None:
+    return None
+  return (f'mnist.py: warning: nvidia-smi lists {gpu.name} but TensorFlow sees no GPU, so this run '
+          'trains on the CPU. Most likely TensorFlow lacks its CUDA libraries (pip install '
+          '"tensorflow[and-cuda]") or the driver is older than its CUDA needs; see docs/gpu.md. '
+          'CUDA_VISIBLE_DEVICES="" silences this')
+
+
+def check_gpu_precision(config):
+  """bf16 needs a GPU of compute capability 8.0 (Ampere) or newer: older ones have no bf16
+  matmul units, and TensorFlow runs it slowly or not at all."""
+  capability = gpu_compute_capability()
+  if config.precision == 'bfloat16' and capability and capability < (8, 0):
+    raise CScoreError(f'--precision bfloat16 needs a GPU of compute capability 8.0 or newer; '
+                      f'{device_kind()} has {capability[0]}.{capability[1]}: use float32')
+
+
+def gpu_compute_capability():
+  """(major, minor) of the GPU this process trains on; None on a CPU, or if TensorFlow does not
+  say."""
+  gpus = accelerators()
+  capability = gpus and tf.config.experimental.get_device_details(gpus[0]).get('compute_capability')
+  return tuple(capability) if capability else None
+
+
+def failure_line(error):
+  """What to do when the device fails: out of memory, or CUDA failing to start."""
+  if gpu_failed_to_start(error):
+    return (f'the GPU failed to start ({first_line(error)}); check it with nvidia-smi (another '
+            'process holding it, a driver older than TensorFlow\'s CUDA needs), or train on the CPU '
+            'with CUDA_VISIBLE_DEVICES=""')
+  if not isinstance(error, MemoryError) and accelerators():  # a device's: TensorFlow is loaded
+    return ('the GPU ran out of memory (nvidia-smi shows who else uses it); use a smaller '
+            '--models-at-once')
+  return 'out of memory; use a smaller --models-at-once or --batch-size'
+
+
+# What TensorFlow's errors say when CUDA fails to initialise (a driver too old for TensorFlow's
+# CUDA, a GPU in a bad state or held exclusively by another process), not later CUDA errors.
+CUDA_START_FAILURES = ('cuInit', 'implicit initialization', 'CUDA_ERROR_', 'cudaSetDevice', 'cudaGetDevice')
+
+
+def gpu_failed_to_start(error):
+  """Whether an error is CUDA failing to initialise: an InternalError that says so."""
+  tensorflow = sys.modules.get('tensorflow')
+  return (tensorflow is not None and isinstance(error, tensorflow.errors.InternalError)
+          and any(words in str(error) for words in CUDA_START_FAILURES))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1265,7 +1472,10 @@ def open_and_load_store(args, config, images, labels):
   settings = store_settings(config, data_fingerprint(images, labels))
   store = open_store(args.out_dir, settings, fresh=args.fresh, tag=process_tag(args))
   if args.merge:
-    print(f'merged {merge_stores(store, args.merge, settings, process_tag(args))} runs into {store}')
+    copied, elsewhere = merge_stores(store, args.merge, settings, process_tag(args))
+    print(f'merged {copied} runs into {store}' + (
+        f'; {elsewhere} runs it held were trained again on other hardware there: its own records '
+        'are kept' if elsewhere else ''))
   return store, load_runs(store)
 
 
@@ -1329,13 +1539,22 @@ def run_files(store):
 
 
 def add_run(runs, ratio, seed, run):
-  """Adds a stored run to {(ratio, seed): Run}: once if stored twice identically, an error
-  naming both files if the records differ."""
+  """Adds a stored run to {(ratio, seed): Run}: once if stored twice identically. Two records
+  that differ because different devices or precisions trained them (a CPU's bits are not a
+  GPU's) are both valid: the first by (device, precision) is kept, whatever order the files
+  come in, and the other counted. Two that differ from the same hardware are an error naming
+  both files."""
   key = ratio_key(ratio), seed
-  if key in runs and not same_record(runs[key], run):
-    raise CScoreError(f'run {seed} at ratio {key[0]} is stored twice with different results, '
-                      f'in {runs[key].file} and {run.file}: delete the one to distrust')
-  runs.setdefault(key, run)
+  if key not in runs or same_record(runs[key], run):
+    runs.setdefault(key, run)
+    return
+  held = runs[key]
+  if held.hardware == run.hardware:
+    raise CScoreError(f'run {seed} at ratio {key[0]} is stored twice with different results by the '
+                      f'same hardware ({" ".join(run.hardware)}), in {held.file} and {run.file}: '
+                      'delete the one to distrust')
+  kept = min(held, run, key=lambda r: (r.hardware[0] != 'CPU', r.hardware))  # a CPU's first
+  runs[key] = kept._replace(alternates=held.alternates + run.alternates + 1)
 
 
 def load_runs(store):
@@ -1477,9 +1696,10 @@ def planned_groups(config, done, k, shard=None):
 
 def merge_stores(store, sources, settings, tag=''):
   """Copies into `store` the runs of other out-dirs' stores that it lacks, each file landing
-  atomically; returns how many runs were copied. Their settings and data must be this run's,
-  and a run both hold must be the same in both."""
-  have, copied = load_runs(store), 0
+  atomically; returns (runs copied, runs both hold from different hardware: the store keeps its
+  own record). Their settings and data must be this run's, and a run both hold from the same
+  hardware must be the same in both."""
+  have, copied, elsewhere = load_runs(store), 0, 0
   for source in sources:
     path = os.path.join(source, STORE_DIR)
     if not os.path.isfile(os.path.join(path, SETTINGS_FILE)):
@@ -1489,11 +1709,13 @@ def merge_stores(store, sources, settings, tag=''):
       found = read_run_file(os.path.join(path, name))
       new = [(ratio, seed, run) for ratio, seed, run in found if (ratio_key(ratio), seed) not in have]
       for ratio, seed, run in found:
+        key = ratio_key(ratio), seed
+        elsewhere += key in have and have[key].hardware != run.hardware and not same_record(have[key], run)
         add_run(have, ratio, seed, run)
       if new:
         write_run_file(store, new[0][0], [seed for _, seed, _ in new], [run for *_, run in new], tag)
         copied += len(new)
-  return copied
+  return copied, elsewhere
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1524,6 +1746,23 @@ def group_steps(config, n, ratio, k):
   return epochs + [evaluate]
 
 
+def prepared_ahead(groups, prepare):
+  """Yields ((ratio, seeds), prepare(ratio, seeds)) for each group, preparing the next group on a
+  thread while the caller trains the current one (TensorFlow releases the GIL while an epoch
+  runs), so that a GPU does not wait for the host's draws: at K = 200 and ratio 0.9 they take
+  seconds and the batch orders 430 MB. The draws are the runs' own, whichever thread makes them."""
+  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='group-work')
+  try:
+    ahead = [pool.submit(prepare, *group) for group in groups[:1]]
+    for i, group in enumerate(groups):
+      work = ahead.pop().result()
+      if i + 1 < len(groups):
+        ahead.append(pool.submit(prepare, *groups[i + 1]))
+      yield group, work
+  finally:  # Ctrl-C: do not wait for draws that no group will use
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def train_missing_runs(trainer, store, runs, groups, tag=''):
   """Trains the groups, saving each to the store and `runs` as it finishes, under a progress
   bar; Ctrl-C stops it, keeping what is finished. Returns (models trained, interrupted).
@@ -1540,9 +1779,10 @@ def train_missing_runs(trainer, store, runs, groups, tag=''):
   with tqdm(total=sum(map(sum, steps)), unit_scale=1e-6, dynamic_ncols=True, smoothing=0.1,
             bar_format='{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}]') as bar:
     try:
-      for (ratio, seeds), group_work in zip(groups, steps):
+      prepare = functools.partial(group_work, config, n)
+      for ((ratio, seeds), work), work_steps in zip(prepared_ahead(groups, prepare), steps):
         bar.set_description(f'ratio {ratio:.2f}, {trained}/{models} models done')
-        group = train_run_group(trainer, ratio, seeds, lambda i: bar.update(group_work[i]))
+        group = train_run_group(trainer, ratio, seeds, lambda i: bar.update(work_steps[i]), work)
         name = save_runs(store, ratio, seeds, group, config.epochs, trainer.hardware, tag)
         for r, s, run in read_run_file(os.path.join(store, name)):  # as a resume will see them
           runs[ratio_key(r), s] = run
@@ -1560,6 +1800,9 @@ def train_share(args, config, images, labels, store, runs):
   if args.estimate_only or args.merge:
     return 0, False
   check_subsets(config, len(labels))
+  check_gpu_precision(config)
+  if warning := gpu_unseen_warning():
+    print(warning, file=sys.stderr)
   k = min(config.models_at_once, config.runs) or default_models_at_once(config.runs, config)
   groups = planned_groups(config, runs, k, args.shard)
   todo, planned = sum(len(seeds) for _, seeds in groups), len(runs_named(config, args.shard))
@@ -1768,14 +2011,6 @@ def out_of_memory(error):
       tensorflow is not None and isinstance(error, tensorflow.errors.ResourceExhaustedError))
 
 
-@functools.cache  # the devices do not change within a process
-def accelerators():
-  """The GPUs TensorFlow sees. Its first device query also starts its runtime, which logs
-  (e.g. a failed CUDA init on a CPU machine) past TF_CPP_MIN_LOG_LEVEL: hence the silence."""
-  with native_stderr_silenced():
-    return tf.config.list_physical_devices('GPU')
-
-
 def cpu_cores():
   return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
@@ -1789,11 +2024,15 @@ def cpu_name():
   return platform.processor() or platform.machine()
 
 
-def configure_tensorflow():
-  """On a CPU: deterministic ops, and one thread per op with as many ops at once as cores (the
-  per-model chains' parallelism). Call it before TensorFlow's first op."""
+def configure_tensorflow(train=True):
+  """Call it before TensorFlow's first op. A command that trains nothing (train=False) hides the
+  GPUs. On a GPU: one, its memory grown as needed (accelerators()). On a CPU: deterministic ops,
+  and one thread per op with as many ops at once as cores (the per-model chains' parallelism)."""
+  if not train:
+    hide_gpus()
   tf.get_logger().setLevel('ERROR')  # not its retracing notes
   if accelerators():
+    visible_gpu()  # its free memory, read before TensorFlow takes any
     return
   # Bit-identical reruns and resumes; measured at no cost (within noise) on the CPU.
   tf.config.experimental.enable_op_determinism()
@@ -1816,26 +2055,10 @@ def matmul_precision(config):
   uses TensorFloat-32 by default) or 'fp32'."""
   if config.precision == 'bfloat16':
     return 'bf16'
-  gpus = accelerators()
-  if gpus and tf.config.experimental.is_tensor_float_32_execution_enabled():
-    if tf.config.experimental.get_device_details(gpus[0]).get('compute_capability', (0, 0)) >= (8, 0):
-      return 'tf32'
+  capability = gpu_compute_capability()
+  if capability and capability >= (8, 0) and tf.config.experimental.is_tensor_float_32_execution_enabled():
+    return 'tf32'
   return 'fp32'
-
-
-@functools.cache  # one nvidia-smi call, however many ask
-def gpu_memory_bytes():
-  """Total memory of the first GPU this process sees (nvidia-smi; CUDA_VISIBLE_DEVICES picks
-  it, as in one process per GPU), or None."""
-  import subprocess
-  first = os.environ.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0].strip() or '0'
-  try:
-    out = subprocess.run(['nvidia-smi', '-i', first, '--query-gpu=memory.total',
-                          '--format=csv,noheader,nounits'],
-                         capture_output=True, text=True, timeout=10).stdout
-    return int(out.split()[0]) * 2**20
-  except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-    return None
 
 
 if __name__ == '__main__':  # after every definition above: main() uses the machinery too

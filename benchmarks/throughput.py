@@ -1,7 +1,7 @@
 """How close the trainer runs to this machine's limit, measured in one run.
 
     python benchmarks/throughput.py [--models-at-once K] [--epochs 2] [--skip-bf16] [--record-repeats 5]
-                                    [--backward-repeats 7]
+                                    [--backward-repeats 7] [--host-groups 3]
 
 On synthetic data of MNIST's shape (no download), it measures
   (a) the machine's matmul rate through TensorFlow: a 4096^3 matmul, fp32 (and bf16);
@@ -13,6 +13,8 @@ On synthetic data of MNIST's shape (no download), it measures
       (below), inside the same compiled loop, in the CPU's per-model layout and the stacked
       layout (a GPU's, here on the CPU), in float32 and bfloat16: interleaved pairs of training
       slices, the median of the per-pair ratios;
+  (f) the host's preparation of a group (its runs' draws) apart from the training, and how
+      much of it the thread that prepares the next group hides;
 and prints (b)/(a), (b)/(c), bf16/fp32 and the full protocol's projected wall time. Only figures
 from the same run are compared: this machine's speed varies from run to run.
 """
@@ -86,10 +88,16 @@ def hand_gradients(params, x, y, weight, dtype='float32'):
   return grads, probabilities
 
 
+def seeds_of(k):
+  return list(range(100, 100 + k))
+
+
 def time_training(trainer, k):
-  """Seconds to train one group of k models at RATIO, compiled ahead."""
+  """Seconds to train one group of k models at RATIO, compiled ahead, its host preparation
+  (draws) done before the clock starts."""
+  work = mnist.group_work(trainer.config, N, RATIO, seeds_of(k))
   start = time.perf_counter()
-  trainer.train(list(range(100, 100 + k)), RATIO)[0].numpy()
+  trainer.train(seeds_of(k), RATIO, work=work)[0].numpy()
   return time.perf_counter() - start
 
 
@@ -118,16 +126,47 @@ def compare_backwards(images, labels, k, epochs, repeats, precisions):
 
 def time_slice(trainer, k, epochs):
   """(train examples/s, eval examples/s) of one group of k models at RATIO, compiled ahead as
-  mnist.py does, so that the timed call neither traces nor compiles."""
+  mnist.py does, so that the timed call neither traces nor compiles. The epochs alone are
+  timed: the host's draws for the group are made before (see time_host_preparation)."""
   trainer.warm_up(k)
+  work = mnist.group_work(trainer.config, N, RATIO, seeds_of(k))
   start = time.perf_counter()
-  params = trainer.train(list(range(100, 100 + k)), RATIO)
+  params = trainer.train(seeds_of(k), RATIO, work=work)
   params[0].numpy()
   t_train = time.perf_counter() - start
   start = time.perf_counter()
   trainer.correct(params)
   t_eval = time.perf_counter() - start
   return k * mnist.subset_size(N, RATIO) * epochs / t_train, k * N / t_eval
+
+
+def time_host_preparation(trainer, k, groups=3):
+  """(f): the host's draws for a group (initial weights, subsets, batch orders) apart from its
+  training, and how much of them mnist.py's thread hides: groups of k models at RATIO go through
+  mnist.prepared_ahead as in a run, and the main thread's wait for each group's draws is timed.
+  The first group's draws have nothing to hide behind and are left out. Returns (seconds of
+  draws per group, seconds the trainer waited for them per group, seconds of training per
+  group)."""
+  trainer.warm_up(k)
+  prepare_seconds, waits, trains = [], [], []
+
+  def prepare(ratio, seeds):
+    start = time.perf_counter()
+    work = mnist.group_work(trainer.config, N, ratio, seeds)
+    prepare_seconds.append(time.perf_counter() - start)
+    return work
+  groups_ahead = mnist.prepared_ahead([(RATIO, seeds_of(k)) for _ in range(groups)], prepare)
+  while True:
+    start = time.perf_counter()
+    try:
+      (ratio, seeds), work = next(groups_ahead)
+    except StopIteration:
+      break
+    waits.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    trainer.train(seeds, ratio, work=work)[0].numpy()
+    trains.append(time.perf_counter() - start)
+  return np.mean(prepare_seconds[1:]), np.mean(waits[1:]), np.mean(trains[1:])
 
 
 def main():
@@ -139,6 +178,8 @@ def main():
                  help='pairs of slices with and without the learning record (0: skip)')
   p.add_argument('--backward-repeats', type=int, default=7,
                  help='pairs of slices with each backward, per layout and precision (0: skip)')
+  p.add_argument('--host-groups', type=int, default=3,
+                 help='groups trained one after another to time the host\'s draws (0 or 1: skip)')
   p.add_argument('--matmul-only', help=argparse.SUPPRESS)  # (a), in its own process
   args = p.parse_args()
   if args.matmul_only:
@@ -164,6 +205,15 @@ def main():
     print(f'{name} trainer K={kk} {precision}, ratio {RATIO}, {args.epochs} epoch(s): '
           f'train {train_rate:,.0f} examples/s = {train_rate * train_flops / 1e9:.0f} GFLOP/s; '
           f'eval {eval_rate:,.0f} examples/s = {eval_rate * eval_flops / 1e9:.0f} GFLOP/s')
+
+  if args.host_groups > 1:
+    config = mnist.Config(epochs=args.epochs)
+    draws, waited, trained = time_host_preparation(mnist.EnsembleTrainer(images, labels, config), k,
+                                                   args.host_groups)
+    print(f'(f) host preparation, K={k} ratio {RATIO}, {args.epochs} epoch(s), {args.host_groups} groups: '
+          f'draws {draws:.2f} s a group, apart from its training ({trained:.1f} s a group, '
+          f'{draws / trained:.1%}); the trainer waited {waited:.2f} s a group for them: '
+          f'{max(0.0, draws - waited):.2f} s a group hidden by the thread that prepares the next group')
 
   if args.record_repeats:
     # With and without the learning record, interleaved so that drifts of this machine's speed

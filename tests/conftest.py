@@ -13,6 +13,12 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# The tests check bit-identity across K, shards and resumes, which holds on a CPU. On a GPU host
+# they run on its CPU: no GPU for TensorFlow, here and in every subprocess (inherited), set before
+# TensorFlow loads. The opt-in GPU test (test_gpu.py) gives its subprocess the user's setting.
+USERS_CUDA_VISIBLE_DEVICES = os.environ.get('CUDA_VISIBLE_DEVICES')
+os.environ['CUDA_VISIBLE_DEVICES'] = ''
+
 import mnist  # noqa: E402
 
 # As mnist.py's main() does, before TensorFlow's first op: the in-process runs then compute

@@ -77,15 +77,6 @@ def test_the_opening_line_names_the_device_k_and_the_precision(tiny_run):
     assert words in opening
 
 
-def test_on_a_gpu_the_opening_line_names_it_and_its_memory(monkeypatch):
-  monkeypatch.setattr(mnist, 'accelerators', lambda: ['GPU:0'])
-  monkeypatch.setattr(mnist, 'device_kind', lambda: 'NVIDIA H100 80GB HBM3')
-  monkeypatch.setattr(mnist, 'gpu_memory_bytes', lambda: 80 * 2**30)
-  monkeypatch.setattr(mnist, 'matmul_precision', lambda config: 'tf32')
-  description = mnist.device_description(mnist.Config())
-  assert 'NVIDIA H100 80GB HBM3' in description and '(80 GB)' in description and 'tf32' in description
-
-
 def test_the_summary_ends_with_every_file_written_and_which_to_open_first(tiny_run):
   out, result = tiny_run
   lines = result.stdout.splitlines()

@@ -341,20 +341,6 @@ def test_the_stacked_layouts_evaluation_equals_the_per_model_one(synthetic_data,
   np.testing.assert_array_equal(stacked.correct(params), per_model.correct(params))
 
 
-def test_a_default_model_takes_about_10_mb_to_train():
-  # 4 bytes x (weights, momentum and gradients: 3 x 535,818; a batch's activations, forward and
-  # backward: 4 x 128 x 1,562; the record: 2 x 60,000) = 4 x 2,527,198
-  assert mnist.per_model_bytes(mnist.Config()) == 10_108_792
-
-
-def test_on_a_gpu_k_is_what_a_quarter_of_its_memory_holds(monkeypatch):
-  monkeypatch.setattr(mnist, 'accelerators', lambda: ['GPU:0'])
-  monkeypatch.setattr(mnist, 'gpu_memory_bytes', lambda: 16 * 2**30)
-  assert mnist.default_models_at_once(2000) == 424  # 4 GiB / 10,108,792 bytes = 424.9
-  monkeypatch.setattr(mnist, 'gpu_memory_bytes', lambda: 80 * 2**30)
-  assert mnist.default_models_at_once(200) == 200  # room for 2,124: every run of a ratio at once
-
-
 def test_estimate_only_on_a_mistyped_out_dir_creates_nothing(tmp_path, capsys):
   typo = tmp_path / 'reslts'
   assert mnist.main(['--out-dir', str(typo), '--estimate-only']) == 1
