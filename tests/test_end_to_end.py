@@ -44,11 +44,11 @@ def test_an_interrupted_run_resumes_without_redoing_runs_and_gives_the_same_scor
   trained = []
   real_train = mnist.train_run_group
 
-  def train_then_stop(trainer, ratio, seeds, on_step=None):
+  def train_then_stop(trainer, ratio, seeds, on_step=None, work=None):
     if len(trained) == 2:
       raise KeyboardInterrupt  # Ctrl-C during the third group
     trained.append((ratio, tuple(seeds)))
-    return real_train(trainer, ratio, seeds, on_step)
+    return real_train(trainer, ratio, seeds, on_step, work)
 
   monkeypatch.setattr(mnist, 'train_run_group', train_then_stop)
   assert mnist.main(argv) == 130
@@ -133,7 +133,7 @@ def test_the_progress_bar_advances_by_each_step_and_ends_at_its_total(tmp_path, 
       pass
   Trainer.config = config
 
-  def fake_group(trainer, ratio, seeds, on_step):  # reports its steps as the real one does
+  def fake_group(trainer, ratio, seeds, on_step, work=None):  # reports its steps as the real one does
     for i in range(config.epochs + 1):
       on_step(i)
     return random_group(len(seeds), n=100)
