@@ -36,7 +36,8 @@ the forward pass each step computes anyway).
 
 Sections, top to bottom. The method:
   Settings                the paper's defaults, which the command line overrides
-  Data                    MNIST's 60,000 training examples, in tensorflow-datasets' order
+  Data                    MNIST's 60,000 training examples, in tensorflow-datasets' order; or
+                          another tfds image data set (--dataset), or your arrays (--data)
   Subsets and batch order the authors' random draws, run by run
   Model                   the MLP: initialisation, forward pass, loss and its gradient
   Training step           SGD with momentum for K models in lockstep, and the learning record
@@ -45,7 +46,8 @@ Sections, top to bottom. The method:
   Outputs and summaries
   main
 Then the machinery, which changes no score:
-  Data download           tfds' preparation, once, quietly; offline from the official files
+  Data download and files tfds' preparation, once, quietly; offline from the official files;
+                          tfds data sets and .npz files read and checked
   Device sizing           K, evaluation chunks, the opening line's description
   GPUs                    one per process, memory growth; which one and its free memory,
                           from nvidia-smi; bf16's limit; the warnings and failures
@@ -60,6 +62,8 @@ Usage:
     python mnist.py                                   # full protocol: 9 ratios x 200 runs
     python mnist.py --runs 4 --manual-dir DIR         # small, offline, DIR holds MNIST's .gz
     python mnist.py --shard $I/$N; python mnist.py --estimate-only   # N processes, then outputs
+    python mnist.py --dataset fashion_mnist           # a tensorflow-datasets image data set
+    python mnist.py --data digits.npz                 # your own arrays x, y
 """
 
 import argparse
@@ -82,6 +86,7 @@ import tempfile
 import time
 import types
 import typing
+import zipfile
 import zlib
 
 import numpy as np
@@ -111,12 +116,13 @@ class Config:
   hidden: tuple = (512, 256)   # MLP 784 -> 512 -> 256 -> 10
   precision: str = 'float32'   # or 'bfloat16': bf16 matmuls, fp32 weights, loss and updates
   models_at_once: int = 0      # K; 0 picks it from the device
+  inputs: int = 784            # set from the data, not by a flag: the MLP's input width
+  classes: int = 10            # and its outputs, one per class
 
 
 # What a trained run depends on. A results store made with other values is refused, not mixed in.
+# (The data, and with them the inputs and classes, are checked by their fingerprint.)
 TRAINING_SETTINGS = ('epochs', 'batch_size', 'learning_rate', 'momentum', 'hidden', 'precision')
-
-NUM_CLASSES = 10
 
 
 def run_seeds(config):
@@ -129,8 +135,86 @@ def ratio_key(ratio):
 
 
 # ------------------------------------------------------------------------------------------------
-# Data: MNIST's 60,000 training examples, in tensorflow-datasets' order (the scores' order).
+# Data: MNIST's 60,000 training examples, in tensorflow-datasets' order (the scores' order); or
+# another image data set of tensorflow-datasets, or the user's own arrays, each in its own order.
 # ------------------------------------------------------------------------------------------------
+
+class Data(typing.NamedTuple):
+  """The examples to score, in the scores' order."""
+  name: str           # names the figures: mnist -> mnist-examples.pdf
+  x: np.ndarray       # [n, inputs]: uint8 pixels, which the trainer scales to [0, 1], or
+                      # float32 features, standardized
+  y: np.ndarray       # [n] int32: the class of each, 0 .. C-1
+  class_names: tuple  # C names, for the figures
+  shape: tuple        # one example as a picture: (28, 28) for MNIST, (H, W, 3) in colour;
+                      # None for features
+  label_values: tuple = ()  # the file's own labels of classes 0 .. C-1 (an npz's), if not those
+
+
+DIGITS = tuple(str(d) for d in range(10))
+
+
+def data_loader(args):
+  """A function that returns the data a command scores: the user's own arrays (--data
+  FILE.npz), read and checked now, before anything is written; an image data set of
+  tensorflow-datasets (--dataset NAME), checked now and loaded when called; or MNIST, loaded
+  when called. (Loading goes through TensorFlow, which must be configured first.)"""
+  if args.data:
+    data = npz_data(args.data)
+    return lambda: data
+  if args.dataset not in (None, 'mnist'):
+    builder, image, label = tfds_builder(args.dataset, args.data_dir)
+    name = args.dataset.split(':')[0].replace('/', '_')  # emnist/digits -> emnist_digits
+    return lambda: tfds_data(name, builder, image, label)
+  return lambda: Data('mnist', *load_mnist(args.data_dir, args.manual_dir), DIGITS, (28, 28))
+
+
+def npz_data(path):
+  """The user's own arrays from an .npz, loaded without pickle, in the file's order: x [n, ...]
+  and y [n] integer labels, with class_names optional (in the sorted order of y's values).
+  uint8 x of shape [n, H, W] or [n, H, W, 1 or 3] are images, scaled as MNIST's; any other x
+  are numeric features, flattened and standardized per feature (a constant one gives 0). Labels
+  are mapped to 0 .. C-1 in sorted order."""
+  arrays = read_npz(path, ('x', 'y'), optional=('class_names',))
+  x, y = arrays['x'], arrays['y']
+  if len(x) != len(y) or y.ndim != 1:
+    raise CScoreError(f'{path}: x holds {len(x)} examples but y is shaped {list(y.shape)}: y must be '
+                      'one label per example')
+  if y.dtype.kind not in 'iu':
+    raise CScoreError(f'{path}: y must be integer labels, not {y.dtype}')
+  if x.dtype.kind not in 'iufb' or x.ndim < 2:
+    raise CScoreError(f'{path}: x must be a numeric array of examples, [n, ...], not {x.dtype} '
+                      f'shaped {list(x.shape)}')
+  if x.dtype.kind == 'f' and not np.isfinite(x).all():
+    raise CScoreError(f'{path}: x holds NaN or inf ({int((~np.isfinite(x)).sum())} values)')
+  values, y = np.unique(y, return_inverse=True)
+  if len(values) < 2:
+    raise CScoreError(f'{path}: y holds one class only ({values[0]}): a C-score needs at least two')
+  names = tuple(str(v) for v in values)
+  if 'class_names' in arrays:
+    names = tuple(str(v) for v in arrays['class_names'].ravel())
+    if len(names) != len(values):
+      raise CScoreError(f'{path}: class_names has {len(names)} names for the {len(values)} classes of y')
+  pictures = x.dtype == np.uint8 and (x.ndim == 3 or x.ndim == 4 and x.shape[-1] in (1, 3))
+  if pictures:  # grayscale [H, W] (a channel of 1 dropped), or colour [H, W, 3]
+    shape, x = (x.shape[1:] if x.ndim == 4 and x.shape[-1] == 3 else x.shape[1:3]), x.reshape(len(x), -1)
+  else:
+    shape, x = None, standardized(x.reshape(len(x), -1))
+  return Data(os.path.splitext(os.path.basename(path))[0], x, y.astype(np.int32), names, shape,
+              tuple(values.tolist()))
+
+
+def standardized(features):
+  """Each feature to mean 0 and standard deviation 1, float32; a constant feature to 0."""
+  features = features.astype(np.float64)
+  std = features.std(0)
+  return ((features - features.mean(0)) / np.where(std > 0, std, 1)).astype(np.float32)
+
+
+def with_data(config, data):
+  """The settings with the model's input width and classes taken from the data."""
+  return dataclasses.replace(config, inputs=data.x.shape[1], classes=len(data.class_names))
+
 
 def load_mnist(data_dir=None, manual_dir=None):
   """MNIST's training split as (images uint8 [n, 784], labels int32 [n]), in tfds' order.
@@ -211,8 +295,8 @@ def batch_weights(m, batch_size):
 # leading axes.
 # ------------------------------------------------------------------------------------------------
 
-def layer_sizes(config, input_size=784):
-  return (input_size, *config.hidden, NUM_CLASSES)
+def layer_sizes(config):
+  return (config.inputs, *config.hidden, config.classes)
 
 
 def init_mlp(seed, sizes):
@@ -352,7 +436,9 @@ class EnsembleTrainer:
     return [slice(0, k)] if self.stacked else list(range(k))
 
   def _inputs(self, rows):
-    return tf.cast(tf.cast(tf.gather(self.images, rows), tf.float32) * (1.0 / 255.0), self.dtype)
+    """The examples `rows`, as the model takes them: pixels scaled to [0, 1], features as they are."""
+    x = tf.cast(tf.gather(self.images, rows), tf.float32)
+    return tf.cast(x * (1.0 / 255.0) if self.images.dtype == tf.uint8 else x, self.dtype)
 
   def _sgd_step(self, params, velocity, rows, weight):
     """One step of SGD with momentum for one chain's models on their batches, as the authors'
@@ -489,7 +575,19 @@ def train_run_group(trainer, ratio, seeds, on_step=None, work=None):
   if on_step:
     on_step(epochs)
   hits, confidence = trainer.learning_record()
+  check_finite(params, confidence, ratio, seeds, trainer.config)
   return RunGroup(work.held_out, correct, hits, confidence / epochs)
+
+
+def check_finite(params, confidence, ratio, seeds, config):
+  """Refuses a group whose training diverged (NaN or inf in the weights or the probabilities),
+  before anything of it is stored: its scores would be noise."""
+  finite = [bool(tf.reduce_all(tf.math.is_finite(w))) for w in params]  # on the device: one bool each
+  if all(finite) and np.isfinite(confidence).all():
+    return
+  raise CScoreError(f'training diverged at ratio {ratio:.2f} (runs {seed_ranges(seeds)}): NaN or inf in '
+                    'the weights; usually features on very different scales or too high a '
+                    f'--learning-rate (now {config.learning_rate:g}): try a lower one')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -679,8 +777,11 @@ def save_figure(fig, path, **options):
   pyplot().close(fig)
 
 
-def show_digit(ax, image, title=None):
-  ax.imshow(image.reshape(28, 28), cmap='gray', vmin=0, vmax=255)  # as the authors' figures
+def show_example(ax, data, i, title=None):
+  """Example i as a picture in its own shape: grayscale (as the authors' figures) or colour;
+  features (no shape) get the title alone."""
+  if data.shape is not None:
+    ax.imshow(data.x[i].reshape(data.shape), cmap='gray', vmin=0, vmax=255)
   ax.set_axis_off()
   if title:
     ax.set_title(title, fontsize=7, pad=2)
@@ -693,19 +794,21 @@ def extreme_examples(scores, labels, digit, per_side):
   return ranked[:per_side], ranked[::-1][:per_side]
 
 
-def examples_figure(images, labels, scores, path, per_side=10):
-  """Per digit, one row: the highest-scored examples, a gap, the lowest-scored ones."""
+def examples_figure(data, scores, path, per_side=10):
+  """Per class, one row: the highest-scored examples, a gap, the lowest-scored ones."""
   plt = pyplot()
-  cols = 2 * per_side + 1
-  fig, axes = plt.subplots(NUM_CLASSES, cols, figsize=(0.45 * cols, 0.45 * NUM_CLASSES),
+  cols, rows = 2 * per_side + 1, len(data.class_names)
+  fig, axes = plt.subplots(rows, cols, figsize=(0.45 * cols, 0.45 * rows), squeeze=False,
                            gridspec_kw=dict(wspace=0.05, hspace=0.05))
-  for digit in range(NUM_CLASSES):
-    high, low = extreme_examples(scores, labels, digit, per_side)
+  for c in range(rows):
+    high, low = extreme_examples(scores, data.y, c, per_side)
     cells = list(high) + [None] * (per_side - len(high) + 1) + list(low)
-    for col, ax in enumerate(axes[digit]):
+    for col, ax in enumerate(axes[c]):
       ax.set_axis_off()
       if col < len(cells) and cells[col] is not None:
-        show_digit(ax, images[cells[col]])
+        show_example(ax, data, cells[col])
+    axes[c, 0].text(-0.15, 0.5, data.class_names[c], transform=axes[c, 0].transAxes, ha='right',
+                    va='center', fontsize=7)
   axes[0, per_side // 2].set_title('highest C-scores', loc='left', fontsize=9)
   axes[0, per_side + 1 + per_side // 2].set_title('lowest C-scores', loc='left', fontsize=9)
   save_figure(fig, path, bbox_inches='tight')
@@ -722,7 +825,7 @@ def hard_examples(scores, count, top=0.5):
   return np.array(chosen)
 
 
-def cscores_figure(est, images, labels, path, hard=6):
+def cscores_figure(est, data, path, hard=6):
   """The distribution of C-scores, the learning curve, C-score per class, and C_r against the
   subset ratio for hard examples (spread over C in [0, 0.5], not only the very hardest, which
   with few runs all sit at 0 on top of each other)."""
@@ -744,18 +847,19 @@ def cscores_figure(est, images, labels, path, hard=6):
   ax.grid(alpha=0.3)
 
   ax = fig.add_subplot(grid[0, 2])
-  scored = ~np.isnan(est.cscores)
-  per_class = [est.cscores[scored & (labels == d)].mean() if (scored & (labels == d)).any() else 0
-               for d in range(NUM_CLASSES)]
-  ax.bar(range(NUM_CLASSES), per_class, color='tab:green')
-  ax.set(xlabel='digit', ylabel='mean C-score', xticks=range(NUM_CLASSES),
+  scored, classes = ~np.isnan(est.cscores), range(len(data.class_names))
+  per_class = [est.cscores[scored & (data.y == c)].mean() if (scored & (data.y == c)).any() else 0
+               for c in classes]
+  ax.bar(classes, per_class, color='tab:green')
+  ax.set(xlabel='class', ylabel='mean C-score', xticks=classes,
          ylim=(max(0, min(per_class) - 0.02), 1), title='C-score per class')
+  ax.set_xticklabels(data.class_names)
 
   ax = fig.add_subplot(grid[1, :2])
   chosen = hard_examples(est.cscores, hard)
   for k, i in enumerate(chosen):
     ax.plot(est.ratios, est.per_ratio[:, i], 'o-', color=f'C{k}',
-            label=f'#{i}: label {labels[i]}, C = {est.cscores[i]:.2f}')
+            label=f'#{i}: label {data.class_names[data.y[i]]}, C = {est.cscores[i]:.2f}')
   ax.set(xlabel='subset ratio', ylabel='C_r: held-out accuracy on the example', ylim=(-0.03, 1.03),
          title='hard examples (C from 0 to 0.5): held-out accuracy on them by subset ratio')
   ax.legend(fontsize=8)
@@ -763,19 +867,19 @@ def cscores_figure(est, images, labels, path, hard=6):
   cells = grid[1, 2].subgridspec(2, (hard + 1) // 2)
   for k, i in enumerate(chosen):
     sub = fig.add_subplot(cells[k // ((hard + 1) // 2), k % ((hard + 1) // 2)])
-    show_digit(sub, images[i])
-    sub.set_title(f'#{i}, label {labels[i]}', fontsize=8, color=f'C{k}')
+    show_example(sub, data, i)
+    sub.set_title(f'#{i}, label {data.class_names[data.y[i]]}', fontsize=8, color=f'C{k}')
   save_figure(fig, path)
 
 
-def memorization_figure(est, images, labels, path, rows=3, cols=10):
+def memorization_figure(est, data, path, rows=3, cols=10):
   """The most memorized examples: right when trained on, wrong when held out."""
   plt = pyplot()
   mem = np.where(np.isnan(est.memorization), -np.inf, est.memorization)
   chosen = np.lexsort((est.cscores, -mem))[:rows * cols]  # ties: the lower C-score first
   fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.35 * rows))
   for ax, i in zip(axes.flat, chosen):
-    show_digit(ax, images[i], f'#{i} label {labels[i]}\nmem {est.memorization[i]:.2f}')
+    show_example(ax, data, i, f'#{i} label {data.class_names[data.y[i]]}\nmem {est.memorization[i]:.2f}')
   fig.suptitle('most memorized: P(correct | trained on it) - P(correct | held out)', fontsize=9)
   save_figure(fig, path, bbox_inches='tight')
 
@@ -798,7 +902,7 @@ def proxy_agreement(proxy, cscores, hardest=0.1):
   return rho(both), rho(hard) if hard.sum() > 2 else np.nan, both
 
 
-def proxies_figure(est, images, labels, path, per_row=10):
+def proxies_figure(est, data, path, per_row=10):
   """Each learning proxy against the C-score (hexbin, log colour: most mass sits at 1), with
   Spearman's rho, and the examples on which they disagree most, both ways."""
   plt = pyplot()
@@ -827,7 +931,7 @@ def proxies_figure(est, images, labels, path, per_row=10):
       for ax, i in zip(row.subplots(1, per_row), chosen + [None] * per_row):
         ax.set_axis_off()
         if i is not None:
-          show_digit(ax, images[i], f'#{i} label {labels[i]}\nC {est.cscores[i]:.2f}, '
+          show_example(ax, data, i, f'#{i} label {data.class_names[data.y[i]]}\nC {est.cscores[i]:.2f}, '
                                     f'{key.split("_")[1]} {proxy[i]:.2f}')
   fig.suptitle('Learning proxies against the C-score, from the same runs', fontsize=11)
   save_figure(fig, path)
@@ -837,35 +941,46 @@ def proxies_figure(est, images, labels, path, per_row=10):
 # Outputs and summaries: the files written from the stored runs, and what the command prints
 # ------------------------------------------------------------------------------------------------
 
-OUTPUTS = dict(scores='cscores.npy', details='cscores-details.npz', examples='mnist-examples.pdf',
-               overview='mnist-cscores.pdf', memorized='mnist-memorized.pdf',
-               proxies='mnist-proxies.pdf')
+def output_files(name='mnist', pictures=True):
+  """The files written, the figures named after the data; without pictures (features), not
+  the figures that are made of examples."""
+  files = dict(scores='cscores.npy', details='cscores-details.npz', examples=f'{name}-examples.pdf',
+               overview=f'{name}-cscores.pdf', memorized=f'{name}-memorized.pdf',
+               proxies=f'{name}-proxies.pdf')
+  return files if pictures else {k: v for k, v in files.items() if k not in ('examples', 'memorized')}
+
+
+OUTPUTS = output_files()  # MNIST's
 
 
 OUTPUT_NOTES = dict(
-    scores='the C-score of each training example, float32 [60000], in tfds train order',
+    scores="the C-score of each training example, float32, in the data's order (MNIST's: tfds train order)",
     details='per-ratio scores, standard errors, split-half reliability, memorization, learning proxies',
-    examples="per digit, the 10 highest- and 10 lowest-scored examples",
+    examples="per class, the 10 highest- and 10 lowest-scored examples",
     overview='C-score histogram, learning curve, C-score per class, hard examples by ratio',
     memorized='the 30 most memorized examples',
     proxies='the learning proxies against the C-score')
 
 
-def write_outputs(out_dir, images, labels, runs, config, tag=''):
-  """Estimates from the stored runs, written as the output files; returns them."""
-  est = estimate(runs, config, len(labels))
-  path = {k: os.path.join(out_dir, name) for k, name in OUTPUTS.items()}
+def write_outputs(out_dir, data, runs, config, tag=''):
+  """Estimates from the stored runs, written as the output files; returns them. The details
+  also hold the classes' names and, for an npz, the file's label of each class."""
+  est = estimate(runs, config, len(data.y))
+  path = {k: os.path.join(out_dir, name) for k, name in output_files(data.name, data.shape is not None).items()}
+  classes = dict(class_names=np.array(data.class_names, dtype=str),
+                 label_values=np.array(data.label_values or range(len(data.class_names)), dtype=np.int64))
   write_atomically(path['scores'], lambda f: np.save(f, est.cscores.astype(np.float32)), tag)
-  write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est)), tag)
+  write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est), **classes), tag)
   if not np.isnan(est.cscores).all():
-    examples_figure(images, labels, est.cscores, path['examples'])
-    cscores_figure(est, images, labels, path['overview'])
-    memorization_figure(est, images, labels, path['memorized'])
-    proxies_figure(est, images, labels, path['proxies'])
+    if data.shape is not None:
+      examples_figure(data, est.cscores, path['examples'])
+      memorization_figure(est, data, path['memorized'])
+    cscores_figure(est, data, path['overview'])
+    proxies_figure(est, data, path['proxies'])
   return est
 
 
-def write_outputs_and_summarize(args, config, images, labels, store, runs, trained, seconds, interrupted):
+def write_outputs_and_summarize(args, config, data, store, runs, trained, seconds, interrupted):
   """Writes the outputs from the stored runs the command names; returns the summary's lines.
   With none stored that is an error, unless Ctrl-C stopped the very first group."""
   if not any(finished_runs(runs, config, r) for r in config.ratios):
@@ -874,10 +989,10 @@ def write_outputs_and_summarize(args, config, images, labels, store, runs, train
     raise CScoreError(f'{store} holds none of the runs this command names ({len(config.ratios)} '
                       f'ratios x seeds {seed_ranges(run_seeds(config))}); '
                       'train them first, or check --runs, --ratios and --seed')
-  est = write_outputs(args.out_dir, images, labels, runs, config, process_tag(args))
+  est = write_outputs(args.out_dir, data, runs, config, process_tag(args))
   missing = missing_line(runs, config)
   return (summary_lines(est, runs, config, trained, seconds) + ([missing] if missing else [])
-          + written_lines(args.out_dir, est))
+          + written_lines(args.out_dir, est, data))
 
 
 def reliability_line(est):
@@ -955,15 +1070,18 @@ def shard_lines(runs, config, shard, trained):
           f'command with --estimate-only in place of --shard {i}/{n} writes the outputs']
 
 
-def written_lines(out_dir, est):
+def written_lines(out_dir, est, data):
   """The files written, each with its full path, and which to open first."""
-  figures = not np.isnan(est.cscores).all()
-  paths = {k: os.path.abspath(os.path.join(out_dir, name)) for k, name in OUTPUTS.items()
-           if figures or not name.endswith('.pdf')}
+  figures, pictures = not np.isnan(est.cscores).all(), data.shape is not None
+  paths = {k: os.path.abspath(os.path.join(out_dir, file))
+           for k, file in output_files(data.name, pictures).items() if figures or not file.endswith('.pdf')}
   width = max(map(len, paths.values()))
   lines = ['wrote:'] + [f'  {path:<{width}}  {OUTPUT_NOTES[k]}' for k, path in paths.items()]
-  if figures:
-    lines.append(f'open first: {paths["examples"]}, the most typical and the most unusual digits')
+  if figures and pictures:
+    lines.append(f'open first: {paths["examples"]}, the most typical and the most unusual examples')
+  elif figures:
+    lines.append(f'not written: the figures of examples ({data.name}-examples.pdf, '
+                 f'{data.name}-memorized.pdf): x holds features, not images')
   return lines
 
 
@@ -978,17 +1096,19 @@ def main(argv=None):
   config, args = parse_args(argv)
   start = time.perf_counter()
   try:
+    load_data = data_loader(args)
     with lock_store(args.out_dir, args.shard, reader=bool(args.estimate_only or args.merge),
                     existing=args.estimate_only and not args.merge):
       # After the lock: a refused process answers at once.
       configure_tensorflow(train=not (args.estimate_only or args.merge))
-      images, labels = load_mnist(args.data_dir, args.manual_dir)
-      store, runs = open_and_load_store(args, config, images, labels)
-      trained, interrupted = train_share(args, config, images, labels, store, runs)
+      data = load_data()
+      config = with_data(config, data)
+      store, runs = open_and_load_store(args, config, data)
+      trained, interrupted = train_share(args, config, data, store, runs)
       if args.shard:  # a shard's own summary, with the runs the other shards stored meanwhile
         lines = shard_lines(load_runs(store), config, args.shard, trained)
       else:
-        lines = write_outputs_and_summarize(args, config, images, labels, store, runs, trained,
+        lines = write_outputs_and_summarize(args, config, data, store, runs, trained,
                                             time.perf_counter() - start, interrupted)
   except KeyboardInterrupt:
     print(f'mnist.py: {INTERRUPTED}', file=sys.stderr)
@@ -1018,7 +1138,8 @@ def main(argv=None):
 # ================================================================================================
 
 # ------------------------------------------------------------------------------------------------
-# Data download: tensorflow-datasets prepares MNIST once, quietly; offline, from the official files.
+# Data download and files: tensorflow-datasets prepares a data set once, quietly (MNIST offline
+# from the official files); an .npz read without pickle; data checked against memory first.
 # ------------------------------------------------------------------------------------------------
 
 MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
@@ -1034,9 +1155,15 @@ def prepare_once(builder, manual_dir):
   logging.getLogger('absl').setLevel(logging.ERROR)
   if builder.is_prepared():
     return
-  print(f'preparing MNIST in {builder.data_dir} (once)', flush=True)
+  name = 'MNIST' if builder.name == 'mnist' else builder.name
+  print(f'preparing {name} in {builder.data_dir} (once)', flush=True)
   config = mnist_download_config(manual_dir)
   if manual_dir is None and not proxied() and not network_reachable():
+    if builder.name != 'mnist':
+      raise CScoreError(
+          f'{name} is not prepared in {builder.data_dir} and the network cannot be reached. Prepare '
+          'it on a machine online (python mnist.py --dataset NAME --estimate-only, or tfds build) '
+          'and copy the folder, then pass it as --data-dir.')
     raise CScoreError(
         f'MNIST is not prepared in {builder.data_dir} and {MNIST_HOST} cannot be reached. '
         'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '
@@ -1045,7 +1172,7 @@ def prepare_once(builder, manual_dir):
     with contextlib.redirect_stdout(io.StringIO()):  # tfds' own lines: ours above says it
       builder.download_and_prepare(download_config=config)
   except Exception as e:  # tfds' checksum and download errors: keep their first line
-    raise CScoreError(f'preparing MNIST failed: {first_line(e)}') from e
+    raise CScoreError(f'preparing {name} failed: {first_line(e)}') from e
 
 
 def mnist_download_config(manual_dir):
@@ -1074,6 +1201,103 @@ def network_reachable(host=MNIST_HOST, timeout=5.0):
 def proxied():
   """Behind a proxy the host may not resolve here, yet tfds' download works."""
   return any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy'))
+
+
+def tfds_builder(name, data_dir):
+  """(builder, image feature, label feature) of an image classification data set of
+  tensorflow-datasets, checked: known, with an image and a label feature, images of one shape,
+  its train split small enough for this machine's memory."""
+  with native_stderr_silenced():
+    import tensorflow_datasets as tfds
+  logging.getLogger('absl').setLevel(logging.ERROR)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # DatasetNotFoundError, or a bad config name
+    raise CScoreError(f'--dataset {name}: {first_line(e)} List the names with: python -c '
+                      '"import tensorflow_datasets as tfds; print(tfds.list_builders())"') from e
+  features = builder.info.features
+  image, label = (features[k] if k in features.keys() else None for k in ('image', 'label'))
+  if not isinstance(image, tfds.features.Image) or not isinstance(label, tfds.features.ClassLabel):
+    raise CScoreError(f'--dataset {name}: not an image classification data set: it needs an image '
+                      f'and a label feature, and has {", ".join(features.keys())}')
+  if None in image.shape:
+    raise CScoreError(f'--dataset {name}: its images vary in shape ({image.shape}); the MLP needs '
+                      'one shape: resize them and pass them with --data FILE.npz')
+  check_train_split_fits(name, builder, image)  # known once prepared (metadata)
+  return builder, image, label
+
+
+def check_train_split_fits(name, builder, image):
+  """Refuses a train split too large for this machine's memory, if its size is known."""
+  if 'train' in builder.info.splits:
+    n = builder.info.splits['train'].num_examples
+    check_fits_in_memory(f'--dataset {name}', n * (int(np.prod(image.shape)) + 8), copies=2)
+
+
+def tfds_data(name, builder, image, label):
+  """The train split of a checked tfds builder, prepared once (downloaded), in tfds' order."""
+  prepare_once(builder, None)
+  check_train_split_fits(name, builder, image)  # before loading it whole
+  x, y = [], []
+  for batch in builder.as_dataset(split='train', shuffle_files=False).batch(10_000).as_numpy_iterator():
+    x.append(batch['image'].reshape(len(batch['image']), -1))
+    y.append(batch['label'])
+  shape = image.shape[:2] if image.shape[-1] == 1 else image.shape
+  return Data(name, np.concatenate(x), np.concatenate(y).astype(np.int32), tuple(label.names), shape)
+
+
+def read_npz(path, required, optional=()):
+  """{name: array} of an .npz's required and optional members, read without pickle; one-line
+  errors for a file that is missing, not an npz, lacks a member or needs pickle."""
+  if not os.path.isfile(path):
+    raise CScoreError(f'{path}: cannot read it (no such file)')
+  if not zipfile.is_zipfile(path):
+    raise CScoreError(f'{path} is not a NumPy .npz file of x and y (numpy.savez writes one)')
+  check_fits_in_memory(path, npz_bytes(path))
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      missing = [k for k in required if k not in f.files]
+      if missing:
+        raise CScoreError(f'{path} has no {" or ".join(missing)} (it holds {", ".join(f.files) or "nothing"}); '
+                          'it needs x, the examples, and y, their labels')
+      return {k: f[k] for k in (*required, *optional) if k in f.files}
+  except ValueError as e:  # numpy's words for an object array: "Object arrays cannot be loaded..."
+    if 'allow_pickle' in str(e):
+      raise CScoreError(f'{path} needs pickle to load (an array of Python objects); save plain '
+                        'numeric arrays, and class_names as strings') from e
+    raise CScoreError(f'{path} is not a NumPy .npz file ({first_line(e)})') from e
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
+    raise CScoreError(f'{path}: cannot read it ({first_line(e)})') from e
+
+
+def npz_bytes(path):
+  """The bytes an .npz's arrays take once loaded, read from their headers (nothing is loaded);
+  0 if it cannot tell (np.load then says what is wrong)."""
+  try:
+    total = 0
+    with zipfile.ZipFile(path) as z:
+      for name in z.namelist():
+        with z.open(name) as f:
+          header = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
+          shape, _, dtype = header(f)
+        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return total
+  except Exception:  # not a zip, not .npy members, a header numpy cannot read
+    return 0
+
+
+def check_fits_in_memory(what, nbytes, copies=3):
+  """Refuses data that would not fit: loaded, standardized or cast (about `copies` times its
+  size), against the memory available now."""
+  available = available_memory()
+  if available and nbytes * copies > available:
+    raise CScoreError(f'{what}: its arrays take {size_text(nbytes)}, and loading and preparing '
+                      f'them about {copies}x that; this machine has {size_text(available)} available')
+
+
+def size_text(nbytes):
+  return f'{nbytes / 2**30:.1f} GB' if nbytes >= 2**30 else f'{nbytes / 2**20:.1f} MB'
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1467,9 +1691,10 @@ def process_tag(args):
   return ''
 
 
-def open_and_load_store(args, config, images, labels):
+def open_and_load_store(args, config, data):
   """The store in --out-dir, created or checked (and merged into, with --merge), and its runs."""
-  settings = store_settings(config, data_fingerprint(images, labels))
+  fingerprint = data_fingerprint(data.x, data.y)  # MNIST's as before; other data's named too
+  settings = store_settings(config, fingerprint if data.name == 'mnist' else f'{data.name} {fingerprint}')
   store = open_store(args.out_dir, settings, fresh=args.fresh, tag=process_tag(args))
   if args.merge:
     copied, elsewhere = merge_stores(store, args.merge, settings, process_tag(args))
@@ -1794,12 +2019,12 @@ def train_missing_runs(trainer, store, runs, groups, tag=''):
   return trained, False
 
 
-def train_share(args, config, images, labels, store, runs):
+def train_share(args, config, data, store, runs):
   """Trains the command's runs (its shard's, with --shard) that the store lacks; returns
   (models trained, interrupted). --estimate-only and --merge train nothing."""
   if args.estimate_only or args.merge:
     return 0, False
-  check_subsets(config, len(labels))
+  check_subsets(config, len(data.y))
   check_gpu_precision(config)
   if warning := gpu_unseen_warning():
     print(warning, file=sys.stderr)
@@ -1807,9 +2032,9 @@ def train_share(args, config, images, labels, store, runs):
   groups = planned_groups(config, runs, k, args.shard)
   todo, planned = sum(len(seeds) for _, seeds in groups), len(runs_named(config, args.shard))
   whose = f"shard {args.shard[0]}/{args.shard[1]}'s share of " if args.shard else ''
-  print(f'{len(labels)} examples; {whose}{len(config.ratios)} ratios x {config.runs} runs: '
+  print(f'{len(data.y)} examples; {whose}{len(config.ratios)} ratios x {config.runs} runs: '
         f'{planned - todo} done, {todo} to train, {k} at a time on {device_description(config)}')
-  return train_missing_runs(EnsembleTrainer(images, labels, config), store, runs, groups,
+  return train_missing_runs(EnsembleTrainer(data.x, data.y, config), store, runs, groups,
                             process_tag(args))
 
 
@@ -1890,8 +2115,8 @@ def parse_args(argv=None):
   """(Config, argparse namespace with the paths and modes). Needs no TensorFlow: --help and a
   mistyped flag answer at once."""
   d = Config()
-  p = OneLineErrorParser(
-      prog='mnist.py', description='Estimate the C-score of every MNIST training example: train '
+  p = OneLineErrorParser(  # no abbreviations: --data must not quietly mean --data-dir
+      prog='mnist.py', allow_abbrev=False, description='Estimate the C-score of every MNIST training example: train '
       'many small MLPs on random subsets of the data, record which held-out examples each gets '
       'right. Every finished run is stored in OUT-DIR/cscore-runs, so a stopped command resumes.')
   p.add_argument('--runs', type=int_at_least(1), default=d.runs, metavar='R',
@@ -1921,6 +2146,14 @@ def parse_args(argv=None):
                       "small CPU, as many as a quarter of a GPU's memory holds)")
   p.add_argument('--out-dir', default='.', metavar='DIR',
                  help='where the outputs and the results store go (default: the current folder)')
+  p.add_argument('--dataset', metavar='NAME',
+                 help='an image classification data set of tensorflow-datasets, scored on its '
+                      'train split, e.g. fashion_mnist, kmnist, emnist/digits, cifar10 '
+                      '(default: mnist)')
+  p.add_argument('--data', metavar='FILE.npz',
+                 help='your own data instead of MNIST: an .npz of x (examples: uint8 images '
+                      '[n, H, W] or [n, H, W, 1 or 3], or numeric features) and y (integer labels), '
+                      'class_names optional (default: none, MNIST)')
   p.add_argument('--data-dir', default=None, metavar='DIR',
                  help="tensorflow-datasets' data folder (default: its own, ~/tensorflow_datasets)")
   p.add_argument('--manual-dir', default=None, metavar='DIR',
@@ -1947,6 +2180,11 @@ def parse_args(argv=None):
     p.error(f'--fresh would discard runs that {together[0]} needs; use it alone')
   if args.shard and len(together) > 1:
     p.error(f'a shard trains; {together[1]} does not: use them in separate commands')
+  if args.data and args.dataset:
+    p.error('--data scores your own arrays, --dataset a tensorflow-datasets one: use one of them')
+  if (args.data or args.dataset not in (None, 'mnist')) and args.manual_dir:
+    p.error(f"--manual-dir holds MNIST's files; {'--data' if args.data else '--dataset'} scores "
+            'other data: use one of them')
   config = Config(ratios=args.ratios, runs=args.runs, seed=args.seed, epochs=args.epochs,
                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                   momentum=args.momentum, hidden=args.hidden, precision=args.precision,
@@ -2009,6 +2247,18 @@ def out_of_memory(error):
   tensorflow = sys.modules.get('tensorflow')
   return isinstance(error, MemoryError) or (
       tensorflow is not None and isinstance(error, tensorflow.errors.ResourceExhaustedError))
+
+
+def available_memory():
+  """Bytes of memory available now (Linux's MemAvailable; elsewhere the free pages), or None."""
+  with contextlib.suppress(OSError, ValueError, IndexError):
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  with contextlib.suppress(OSError, ValueError, AttributeError):
+    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+  return None
 
 
 def cpu_cores():

@@ -19,6 +19,7 @@ and prints (b)/(a), (b)/(c), bf16/fp32 and the full protocol's projected wall ti
 from the same run are compared: this machine's speed varies from run to run.
 """
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -35,6 +36,12 @@ with mnist.native_stderr_silenced():  # TensorFlow's start-up lines
   import tensorflow as tf  # noqa: E402
 
 N, RATIO = 60000, 0.5
+MODEL = mnist.Config()  # the model's input width and classes; --input-shape and --classes set them
+
+
+def config_of(**settings):
+  """The benchmark's Config: MODEL's input width and classes, with `settings`."""
+  return dataclasses.replace(MODEL, **settings)
 
 
 def matmul_rate(dtype, size=4096, repeats=5):
@@ -60,9 +67,10 @@ def machine_matmul_rates(dtypes):
 
 
 def synthetic_mnist(seed=0):
+  """N random uint8 images of MODEL's input width and labels of its classes."""
   rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 10, N).astype(np.int32)
-  images = rng.integers(0, 256, (N, 784)).astype(np.uint8)
+  labels = rng.integers(0, MODEL.classes, N).astype(np.int32)
+  images = rng.integers(0, 256, (N, MODEL.inputs)).astype(np.uint8)
   return images, labels
 
 
@@ -76,7 +84,7 @@ def hand_gradients(params, x, y, weight, dtype='float32'):
     z = tf.matmul(activations[-1], weights[i]) + weights[i + 1]
     activations.append(tf.nn.relu(z) if i + 2 < len(weights) else z)
   probabilities = tf.nn.softmax(tf.cast(activations.pop(), tf.float32))
-  delta = (probabilities - tf.one_hot(y, mnist.NUM_CLASSES)) * (weight / tf.reduce_sum(weight))[:, None]
+  delta = (probabilities - tf.one_hot(y, probabilities.shape[-1])) * (weight / tf.reduce_sum(weight))[:, None]
   delta = tf.cast(delta, dtype)
   grads = []
   for i in reversed(range(0, len(params), 2)):
@@ -107,7 +115,7 @@ def compare_backwards(images, labels, k, epochs, repeats, precisions):
   machine's speed hit both alike. Prints one line each."""
   for stacked in (False, True):
     for precision in precisions:
-      config = mnist.Config(epochs=epochs, precision=precision)
+      config = config_of(epochs=epochs, precision=precision)
       trainers = [mnist.EnsembleTrainer(images, labels, config, stacked=stacked, gradients=g)
                   for g in (mnist.loss_gradients, hand_gradients)]
       for trainer in trainers:
@@ -180,18 +188,25 @@ def main():
                  help='pairs of slices with each backward, per layout and precision (0: skip)')
   p.add_argument('--host-groups', type=int, default=3,
                  help='groups trained one after another to time the host\'s draws (0 or 1: skip)')
+  p.add_argument('--input-shape', default='28,28', help="one example's shape, e.g. 32,32,3 for "
+                 "CIFAR's (default: MNIST's 28,28); the data are synthetic")
+  p.add_argument('--classes', type=int, default=10, help='classes (default: 10)')
   p.add_argument('--matmul-only', help=argparse.SUPPRESS)  # (a), in its own process
   args = p.parse_args()
   if args.matmul_only:
     print(json.dumps({d: matmul_rate(getattr(tf, d)) for d in args.matmul_only.split(',')}))
     return
+  global MODEL
+  MODEL = mnist.Config(inputs=int(np.prod([int(d) for d in args.input_shape.split(',')])), classes=args.classes)
   mnist.configure_tensorflow()  # as mnist.py does, before any TensorFlow op
-  k = args.models_at_once or mnist.default_models_at_once(200)
-  train_flops, eval_flops = mnist.flops_per_example(mnist.Config())
+  k = args.models_at_once or mnist.default_models_at_once(200, MODEL)
+  train_flops, eval_flops = mnist.flops_per_example(MODEL)
   images, labels = synthetic_mnist()
 
   print(f'machine: {mnist.cpu_name()} ({platform.machine()}), {os.cpu_count()} cores, '
         f'GPUs: {len(mnist.accelerators())}; TensorFlow {tf.__version__}, Python {platform.python_version()}')
+  print(f'model: {" -> ".join(map(str, mnist.layer_sizes(MODEL)))} (input {args.input_shape}), '
+        f'{N:,} synthetic examples')
   peak = machine_matmul_rates(['float32'] + ([] if args.skip_bf16 else ['bfloat16']))
   for dtype, rate in peak.items():
     print(f'(a) matmul 4096^3 {dtype}: {rate:.0f} GFLOP/s')
@@ -199,7 +214,7 @@ def main():
   results = {}
   for name, kk, precision in [('(b)', k, 'float32'), ('(c)', 1, 'float32')] + \
       ([] if args.skip_bf16 else [('(b bf16)', k, 'bfloat16')]):
-    config = mnist.Config(epochs=args.epochs, precision=precision)
+    config = config_of(epochs=args.epochs, precision=precision)
     train_rate, eval_rate = time_slice(mnist.EnsembleTrainer(images, labels, config), kk, args.epochs)
     results[name] = (train_rate, eval_rate)
     print(f'{name} trainer K={kk} {precision}, ratio {RATIO}, {args.epochs} epoch(s): '
@@ -207,7 +222,7 @@ def main():
           f'eval {eval_rate:,.0f} examples/s = {eval_rate * eval_flops / 1e9:.0f} GFLOP/s')
 
   if args.host_groups > 1:
-    config = mnist.Config(epochs=args.epochs)
+    config = config_of(epochs=args.epochs)
     draws, waited, trained = time_host_preparation(mnist.EnsembleTrainer(images, labels, config), k,
                                                    args.host_groups)
     print(f'(f) host preparation, K={k} ratio {RATIO}, {args.epochs} epoch(s), {args.host_groups} groups: '
@@ -218,7 +233,7 @@ def main():
   if args.record_repeats:
     # With and without the learning record, interleaved so that drifts of this machine's speed
     # hit both alike; the median of the per-pair ratios.
-    config = mnist.Config(epochs=args.epochs)
+    config = config_of(epochs=args.epochs)
     trainers = [mnist.EnsembleTrainer(images, labels, config, record=r) for r in (True, False)]
     ratios = []
     for _ in range(args.record_repeats):
@@ -237,7 +252,7 @@ def main():
   if '(b bf16)' in results:
     print(f'bf16 / fp32 trainer: {results["(b bf16)"][0] / b[0]:.2f}x')
 
-  protocol = mnist.Config()
+  protocol = MODEL
   steps = sum(protocol.runs * mnist.subset_size(N, r) * protocol.epochs for r in protocol.ratios)
   evals = len(protocol.ratios) * protocol.runs * N
   for name, (train_rate, eval_rate) in results.items():

@@ -39,6 +39,11 @@ def synthetic_data():
   return images, labels
 
 
+def mnist_like(images, labels):
+  """Data of MNIST's shape and classes, for the outputs' tests."""
+  return mnist.Data('mnist', images, np.asarray(labels, np.int32), mnist.DIGITS, (28, 28))
+
+
 # --- The MLP in float64 NumPy, written out independently of mnist.py's TensorFlow --------------
 
 def numpy_logits(params, x):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 import mnist
-from conftest import masks_only_run
+from conftest import masks_only_run, mnist_like
 
 
 def synthetic_runs(ratios=(0.2, 0.5), runs=6, n=40, seed=0):
@@ -132,7 +132,7 @@ def test_outputs_are_written_from_a_store(tmp_path):
   labels = np.arange(n) % 10
   images = rng.integers(0, 256, (n, 784)).astype(np.uint8)
   store = synthetic_runs(ratios, runs, n)
-  est = mnist.write_outputs(str(tmp_path), images, labels, store, mnist.Config(ratios=ratios, runs=runs))
+  est = mnist.write_outputs(str(tmp_path), mnist_like(images, labels), store, mnist.Config(ratios=ratios, runs=runs))
   np.testing.assert_array_equal(np.load(tmp_path / 'cscores.npy'), est.cscores.astype(np.float32))
   with np.load(tmp_path / 'cscores-details.npz', allow_pickle=False) as details:
     assert details['per_ratio'].shape == details['held_out_counts'].shape == (2, n)
@@ -148,7 +148,7 @@ def test_outputs_are_written_when_few_examples_have_a_score(tmp_path):
   held_out[:3] = True  # one run that held out 3 examples, all of class 0, 1 and 2
   store = {(0.99, 0): masks_only_run(held_out, np.ones(n, bool))}
   images = np.zeros((n, 784), np.uint8)
-  est = mnist.write_outputs(str(tmp_path), images, np.arange(n) % 10, store,
+  est = mnist.write_outputs(str(tmp_path), mnist_like(images, np.arange(n) % 10), store,
                             mnist.Config(ratios=(0.99,), runs=1))
   assert (~np.isnan(est.cscores)).sum() == 3
   assert (tmp_path / 'mnist-cscores.pdf').exists()

@@ -360,7 +360,7 @@ def test_draws_prepared_on_the_thread_are_the_runs_own(synthetic_data):
         rows = work.orders[epoch, j].ravel()[:len(subset)]
         np.testing.assert_array_equal(rows, subset[rs.permutation(len(subset))])
       np.testing.assert_array_equal(np.flatnonzero(~work.held_out[j]), np.sort(subset))
-      for stacked, own in zip(work.initial, mnist.init_mlp(seed, mnist.layer_sizes(config, 784))):
+      for stacked, own in zip(work.initial, mnist.init_mlp(seed, mnist.layer_sizes(config))):
         np.testing.assert_array_equal(stacked[j], own)
 
 

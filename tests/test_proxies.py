@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mnist
-from conftest import CPU, numpy_logits, numpy_softmax, sgd_by_hand
+from conftest import CPU, mnist_like, numpy_logits, numpy_softmax, sgd_by_hand
 
 # 600 examples at ratio 0.5: a subset of 300, batches of 128, 128 and a padded 44.
 CONFIG = mnist.Config(ratios=(0.5,), runs=2, epochs=3, hidden=(16,))
@@ -93,7 +93,7 @@ def test_the_details_hold_the_proxies_and_the_figure_is_written(synthetic_data, 
   store = mnist.open_store(str(tmp_path), mnist.store_settings(config, 'x'))
   for ratio in config.ratios:
     mnist.save_runs(store, ratio, [0, 1, 2], mnist.train_run_group(trainer, ratio, [0, 1, 2]), config.epochs, CPU)
-  est = mnist.write_outputs(str(tmp_path), images, labels, mnist.load_runs(store), config)
+  est = mnist.write_outputs(str(tmp_path), mnist_like(images, labels), mnist.load_runs(store), config)
   with np.load(tmp_path / 'cscores-details.npz', allow_pickle=False) as details:
     np.testing.assert_array_equal(details['learning_speed'], est.learning_speed)
     np.testing.assert_array_equal(details['learning_confidence'], est.learning_confidence)
