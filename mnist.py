@@ -159,7 +159,7 @@ def data_loader(args):
   FILE.npz), read and checked now, before anything is written; an image data set of
   tensorflow-datasets (--dataset NAME), checked now and loaded when called; or MNIST, loaded
   when called. (Loading goes through TensorFlow, which must be configured first.)"""
-  if args.data:
+  if args.data is not None:
     data = npz_data(args.data)
     return lambda: data
   if args.dataset not in (None, 'mnist'):
@@ -177,31 +177,36 @@ def npz_data(path):
   are mapped to 0 .. C-1 in sorted order."""
   arrays = read_npz(path, ('x', 'y'), optional=('class_names',))
   x, y = arrays['x'], arrays['y']
-  if len(x) != len(y) or y.ndim != 1:
+  if x.dtype.kind not in 'iufb' or x.ndim < 2 or 0 in x.shape:
+    raise CScoreError(f'{path}: x must be a numeric array of examples, [n, ...], none empty, not '
+                      f'{x.dtype} shaped {list(x.shape)}')
+  if y.ndim != 1 or len(x) != len(y):
     raise CScoreError(f'{path}: x holds {len(x)} examples but y is shaped {list(y.shape)}: y must be '
                       'one label per example')
   if y.dtype.kind not in 'iu':
     raise CScoreError(f'{path}: y must be integer labels, not {y.dtype}')
-  if x.dtype.kind not in 'iufb' or x.ndim < 2:
-    raise CScoreError(f'{path}: x must be a numeric array of examples, [n, ...], not {x.dtype} '
-                      f'shaped {list(x.shape)}')
   if x.dtype.kind == 'f' and not np.isfinite(x).all():
     raise CScoreError(f'{path}: x holds NaN or inf ({int((~np.isfinite(x)).sum())} values)')
   values, y = np.unique(y, return_inverse=True)
   if len(values) < 2:
     raise CScoreError(f'{path}: y holds one class only ({values[0]}): a C-score needs at least two')
+  if len(values) > len(y) // 2:
+    raise CScoreError(f'{path}: y holds {len(values)} classes for {len(y)} examples, more than half '
+                      'as many: labels, not example indices, are needed')
   names = tuple(str(v) for v in values)
   if 'class_names' in arrays:
-    names = tuple(str(v) for v in arrays['class_names'].ravel())
-    if len(names) != len(values):
-      raise CScoreError(f'{path}: class_names has {len(names)} names for the {len(values)} classes of y')
+    given = arrays['class_names']
+    if given.ndim != 1 or given.dtype.kind not in 'US' or len(given) != len(values):
+      raise CScoreError(f'{path}: class_names must be {len(values)} strings, one per class of y in '
+                        f'sorted order, not {given.dtype} shaped {list(given.shape)}')
+    names = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in given)
   pictures = x.dtype == np.uint8 and (x.ndim == 3 or x.ndim == 4 and x.shape[-1] in (1, 3))
   if pictures:  # grayscale [H, W] (a channel of 1 dropped), or colour [H, W, 3]
     shape, x = (x.shape[1:] if x.ndim == 4 and x.shape[-1] == 3 else x.shape[1:3]), x.reshape(len(x), -1)
   else:
     shape, x = None, standardized(x.reshape(len(x), -1))
   return Data(os.path.splitext(os.path.basename(path))[0], x, y.astype(np.int32), names, shape,
-              tuple(values.tolist()))
+              tuple(values.tolist()))  # the file's labels, as Python ints of any size
 
 
 def standardized(features):
@@ -586,8 +591,8 @@ def check_finite(params, confidence, ratio, seeds, config):
   if all(finite) and np.isfinite(confidence).all():
     return
   raise CScoreError(f'training diverged at ratio {ratio:.2f} (runs {seed_ranges(seeds)}): NaN or inf in '
-                    'the weights; usually features on very different scales or too high a '
-                    f'--learning-rate (now {config.learning_rate:g}): try a lower one')
+                    'the weights or the probabilities; usually too high a --learning-rate (now '
+                    f'{config.learning_rate:g}) for this data: try a lower one')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -681,6 +686,16 @@ def spearman_brown(r, factor):
   """The reliability of an estimate `factor` times as large as one of reliability r (NaN for a
   negative r: no reliability to project)."""
   return factor * r / (1 + (factor - 1) * r) if r >= 0 else np.nan
+
+
+def runs_for_reliability(est, target):
+  """Runs per ratio whose estimate would reach reliability `target`: Spearman-Brown solved for
+  the factor, from this estimate's reliability at its runs; None if it has none to project."""
+  r, runs = est.reliability, int(est.runs.max())
+  if not 0 < r < 1:
+    return None
+  factor = target * (1 - r) / (r * (1 - target))
+  return max(2, int(np.ceil(round(runs * factor, 6))))  # (rounded: 110.00000000000001 is 110)
 
 
 def split_half_reliability(found_per_ratio, n):
@@ -968,7 +983,7 @@ def write_outputs(out_dir, data, runs, config, tag=''):
   est = estimate(runs, config, len(data.y))
   path = {k: os.path.join(out_dir, name) for k, name in output_files(data.name, data.shape is not None).items()}
   classes = dict(class_names=np.array(data.class_names, dtype=str),
-                 label_values=np.array(data.label_values or range(len(data.class_names)), dtype=np.int64))
+                 label_values=np.array(data.label_values or range(len(data.class_names))))
   write_atomically(path['scores'], lambda f: np.save(f, est.cscores.astype(np.float32)), tag)
   write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est), **classes), tag)
   if not np.isnan(est.cscores).all():
@@ -1032,7 +1047,27 @@ def summary_lines(est, runs, config, trained, seconds):
   rate = f' ({trained / seconds:.3f} models/s)' if trained and seconds > 0 else ''
   lines.append(f'models trained now: {trained} in {datetime.timedelta(seconds=round(seconds))}'
                f'{rate}; models in the estimate: {est.runs.sum()}')
+  if len(valid) and (plan := plan_line(est, config, trained, seconds)):
+    lines.append(plan)
   return lines
+
+
+def plan_line(est, config, trained, seconds):
+  """How many runs per ratio this data needs for a reliability of 0.99 and of 0.999, and, when
+  this command trained, how long each protocol would take at its rate (models a second); None
+  without a reliability to project. It sits beside the standard-error line, which says what
+  halves the error; this one says what reaches a reliability."""
+  targets = {t: runs_for_reliability(est, t) for t in (0.99, 0.999)}
+  if None in targets.values():
+    return None
+  rate = trained / seconds if trained and seconds > 0 else None
+  def plan(target, runs):
+    models = runs * len(config.ratios)
+    took = f', {models:,} models, about {datetime.timedelta(seconds=round(models / rate))}' if rate else ''
+    return f'{target} takes --runs {runs}{took}'
+  return (f'plan: from this estimate\'s reliability ({est.reliability:.3f} at {int(est.runs.max())} runs '
+          f'per ratio, Spearman-Brown), a reliability of ' + '; of '.join(plan(t, r) for t, r in targets.items())
+          + (' at this run\'s rate' if rate else ''))
 
 
 def seed_ranges(seeds):
@@ -1162,8 +1197,8 @@ def prepare_once(builder, manual_dir):
     if builder.name != 'mnist':
       raise CScoreError(
           f'{name} is not prepared in {builder.data_dir} and the network cannot be reached. Prepare '
-          'it on a machine online (python mnist.py --dataset NAME --estimate-only, or tfds build) '
-          'and copy the folder, then pass it as --data-dir.')
+          f'it on a machine online (tfds build {builder.name} --data_dir DIR), copy DIR here and pass '
+          'it as --data-dir.')
     raise CScoreError(
         f'MNIST is not prepared in {builder.data_dir} and {MNIST_HOST} cannot be reached. '
         'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '
@@ -1223,12 +1258,18 @@ def tfds_builder(name, data_dir):
   if None in image.shape:
     raise CScoreError(f'--dataset {name}: its images vary in shape ({image.shape}); the MLP needs '
                       'one shape: resize them and pass them with --data FILE.npz')
+  if image.np_dtype != np.uint8:
+    raise CScoreError(f'--dataset {name}: its images are {image.np_dtype}, not 8-bit pixels; pass them, '
+                      'scaled as you need, with --data FILE.npz')
   check_train_split_fits(name, builder, image)  # known once prepared (metadata)
   return builder, image, label
 
 
 def check_train_split_fits(name, builder, image):
-  """Refuses a train split too large for this machine's memory, if its size is known."""
+  """Refuses a data set without a train split, or one too large for this machine's memory, if
+  its splits are known (they are once it is prepared)."""
+  if builder.info.splits and 'train' not in builder.info.splits:
+    raise CScoreError(f'--dataset {name}: it has no train split (only {", ".join(builder.info.splits)})')
   if 'train' in builder.info.splits:
     n = builder.info.splits['train'].num_examples
     check_fits_in_memory(f'--dataset {name}', n * (int(np.prod(image.shape)) + 8), copies=2)
@@ -1253,7 +1294,7 @@ def read_npz(path, required, optional=()):
     raise CScoreError(f'{path}: cannot read it (no such file)')
   if not zipfile.is_zipfile(path):
     raise CScoreError(f'{path} is not a NumPy .npz file of x and y (numpy.savez writes one)')
-  check_fits_in_memory(path, npz_bytes(path))
+  check_fits_in_memory(path, npz_memory(npz_members(path)), copies=1)
   try:
     with np.load(path, allow_pickle=False) as f:
       missing = [k for k in required if k not in f.files]
@@ -1270,21 +1311,34 @@ def read_npz(path, required, optional=()):
     raise CScoreError(f'{path}: cannot read it ({first_line(e)})') from e
 
 
-def npz_bytes(path):
-  """The bytes an .npz's arrays take once loaded, read from their headers (nothing is loaded);
-  0 if it cannot tell (np.load then says what is wrong)."""
+def npz_members(path):
+  """{name: (shape, dtype)} of an .npz's arrays, read from their headers (nothing is loaded);
+  {} if it cannot tell (np.load then says what is wrong)."""
   try:
-    total = 0
+    members = {}
     with zipfile.ZipFile(path) as z:
       for name in z.namelist():
         with z.open(name) as f:
           header = {(1, 0): np.lib.format.read_array_header_1_0,
                     (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
           shape, _, dtype = header(f)
-        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    return total
+        members[name.removesuffix('.npy')] = tuple(shape), dtype
+    return members
   except Exception:  # not a zip, not .npy members, a header numpy cannot read
-    return 0
+    return {}
+
+
+def npz_memory(members):
+  """Bytes that loading and preparing an .npz takes at its peak: its arrays, and for x one more
+  copy of images, or, for features, the float64 and float32 copies that standardizing makes
+  (about 28 bytes a value)."""
+  size = lambda shape, dtype: int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  total = sum(size(*m) for m in members.values())
+  if 'x' in members:
+    shape, dtype = members['x']
+    pictures = dtype == np.uint8 and len(shape) in (3, 4)
+    total += size(shape, dtype) if pictures else 28 * int(np.prod(shape, dtype=np.int64))
+  return total
 
 
 def check_fits_in_memory(what, nbytes, copies=3):
@@ -1292,8 +1346,8 @@ def check_fits_in_memory(what, nbytes, copies=3):
   size), against the memory available now."""
   available = available_memory()
   if available and nbytes * copies > available:
-    raise CScoreError(f'{what}: its arrays take {size_text(nbytes)}, and loading and preparing '
-                      f'them about {copies}x that; this machine has {size_text(available)} available')
+    raise CScoreError(f'{what}: loading and preparing it takes about {size_text(nbytes * copies)}; '
+                      f'this machine has {size_text(available)} available')
 
 
 def size_text(nbytes):
@@ -1323,12 +1377,12 @@ def gpu_free_bytes():
   return gpu.free if gpu and gpu.free else UNKNOWN_GPU_MEMORY
 
 
-def default_models_at_once(runs, config=Config()):
+def default_models_at_once(runs, config=Config(), n=60000):
   """K. On a CPU: enough chains to keep every core busy (8 is as fast as 16 on 2 cores). On a
   GPU: as many as a quarter of its free memory holds (about 10 MB a model: 2,000 on an idle
   80 GB GPU, so there every run of a ratio trains at once)."""
   if accelerators():
-    k = gpu_free_bytes() // 4 // per_model_bytes(config)
+    k = gpu_free_bytes() // 4 // per_model_bytes(config, n)
   else:
     k = max(8, 2 * cpu_cores())
   return int(max(1, min(k, runs)))
@@ -2028,7 +2082,7 @@ def train_share(args, config, data, store, runs):
   check_gpu_precision(config)
   if warning := gpu_unseen_warning():
     print(warning, file=sys.stderr)
-  k = min(config.models_at_once, config.runs) or default_models_at_once(config.runs, config)
+  k = min(config.models_at_once, config.runs) or default_models_at_once(config.runs, config, len(data.y))
   groups = planned_groups(config, runs, k, args.shard)
   todo, planned = sum(len(seeds) for _, seeds in groups), len(runs_named(config, args.shard))
   whose = f"shard {args.shard[0]}/{args.shard[1]}'s share of " if args.shard else ''
@@ -2116,8 +2170,8 @@ def parse_args(argv=None):
   mistyped flag answer at once."""
   d = Config()
   p = OneLineErrorParser(  # no abbreviations: --data must not quietly mean --data-dir
-      prog='mnist.py', allow_abbrev=False, description='Estimate the C-score of every MNIST training example: train '
-      'many small MLPs on random subsets of the data, record which held-out examples each gets '
+      prog='mnist.py', allow_abbrev=False, description='Estimate the C-score of every training example '
+      'of MNIST (or of --dataset, or --data): train many small MLPs on random subsets of the data, record which held-out examples each gets '
       'right. Every finished run is stored in OUT-DIR/cscore-runs, so a stopped command resumes.')
   p.add_argument('--runs', type=int_at_least(1), default=d.runs, metavar='R',
                  help=f'models trained per ratio, run seeds SEED .. SEED+R-1 (default: {d.runs}, '
@@ -2180,6 +2234,8 @@ def parse_args(argv=None):
     p.error(f'--fresh would discard runs that {together[0]} needs; use it alone')
   if args.shard and len(together) > 1:
     p.error(f'a shard trains; {together[1]} does not: use them in separate commands')
+  if args.data == '':
+    p.error('--data needs a file name (an empty one, an unset shell variable?)')
   if args.data and args.dataset:
     p.error('--data scores your own arrays, --dataset a tensorflow-datasets one: use one of them')
   if (args.data or args.dataset not in (None, 'mnist')) and args.manual_dir:

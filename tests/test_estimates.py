@@ -1,6 +1,7 @@
 """The estimator and what else the stored runs tell, each checked against a direct computation
 (plain loops over runs) on small synthetic stores."""
 import math
+import types
 
 import numpy as np
 
@@ -152,3 +153,25 @@ def test_outputs_are_written_when_few_examples_have_a_score(tmp_path):
                             mnist.Config(ratios=(0.99,), runs=1))
   assert (~np.isnan(est.cscores)).sum() == 3
   assert (tmp_path / 'mnist-cscores.pdf').exists()
+
+
+# --- The plan: runs per ratio for a reliability of 0.99 and 0.999 -------------------------------
+
+def test_the_plan_solves_spearman_brown_for_the_runs_and_times_them_at_this_runs_rate():
+  # reliability 0.9 at 10 runs: k = t (1 - 0.9) / (0.9 (1 - t)) = 11 for 0.99, 111 for 0.999;
+  # 2 ratios at 0.5 models/s: 220 models in 440 s, 2,220 in 4,440 s
+  est = types.SimpleNamespace(reliability=0.9, runs=np.array([10, 10]))
+  line = mnist.plan_line(est, mnist.Config(ratios=(0.3, 0.7)), trained=20, seconds=40)
+  assert '0.99 takes --runs 110, 220 models, about 0:07:20' in line
+  assert '0.999 takes --runs 1110, 2,220 models, about 1:14:00' in line
+
+
+def test_without_training_the_plan_gives_the_runs_alone():
+  est = types.SimpleNamespace(reliability=0.9, runs=np.array([10, 10]))
+  line = mnist.plan_line(est, mnist.Config(ratios=(0.3, 0.7)), trained=0, seconds=12)
+  assert line.endswith('0.99 takes --runs 110; of 0.999 takes --runs 1110')
+
+
+def test_without_a_reliability_there_is_no_plan():
+  est = types.SimpleNamespace(reliability=np.nan, runs=np.array([1]))
+  assert mnist.plan_line(est, mnist.Config(), trained=9, seconds=9) is None

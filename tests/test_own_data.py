@@ -36,10 +36,10 @@ def test_uint8_images_of_three_channels_are_colour_pictures(tmp_path):
 
 
 def test_features_are_standardized_per_feature_and_a_constant_one_is_zero(tmp_path):
-  x = np.array([[1000.0, 0.1, 7], [3000.0, 0.3, 7]])
-  data = mnist.npz_data(save(tmp_path, x=x, y=[0, 1]))
-  # each column: (v - mean) / std, std of two values a, b being |a - b| / 2
-  np.testing.assert_array_equal(data.x, np.float32([[-1, -1, 0], [1, 1, 0]]))
+  x = np.array([[1000.0, 0.1, 7], [3000.0, 0.3, 7]] * 2)
+  data = mnist.npz_data(save(tmp_path, x=x, y=[0, 1, 0, 1]))
+  # each column: (v - mean) / std, std of values a, b, a, b being |a - b| / 2
+  np.testing.assert_array_equal(data.x, np.float32([[-1, -1, 0], [1, 1, 0]] * 2))
   assert data.shape is None and data.x.dtype == np.float32
 
 
@@ -49,6 +49,8 @@ def test_labels_are_mapped_to_classes_in_sorted_order_with_their_names(tmp_path)
   assert data.class_names == ('3', '5') and data.name == 'cats'
   named = mnist.npz_data(save(tmp_path, x=np.zeros((4, 2)), y=[5, 3, 5, 5], class_names=['cat', 'dog']))
   assert named.class_names == ('cat', 'dog')
+  as_bytes = mnist.npz_data(save(tmp_path, x=np.zeros((4, 2)), y=[5, 3, 5, 5], class_names=np.array([b'cat', b'dog'])))
+  assert as_bytes.class_names == ('cat', 'dog')
 
 
 # --- Runs on it --------------------------------------------------------------------------------
@@ -60,7 +62,7 @@ def test_the_digits_npz_gets_a_score_per_example_and_its_own_figures(tmp_path, c
   scores = np.load(out / 'cscores.npy')
   assert scores.shape == (1797,) and np.nanmean(scores) > 0.8  # 8x8 digits are easy
   assert (out / 'digits-examples.pdf').read_bytes()[:4] == b'%PDF' and not (out / 'mnist-examples.pdf').exists()
-  assert printed.startswith('1797 examples; 1 ratios x 2 runs')
+  assert printed.startswith('1797 examples; 1 ratios x 2 runs') and '\nplan: ' in printed
 
 
 def test_labels_3_and_5_train_two_classes_and_the_details_record_the_mapping(tmp_path):
@@ -105,13 +107,18 @@ def bad_files(tmp_path):
       'needs pickle': (str(objects), 'needs pickle'),
       'not an npz': (str(not_npz), 'not a NumPy .npz'),
       'missing': (str(tmp_path / 'nowhere.npz'), 'cannot read it'),
-      'class names': (save(tmp_path, 'g.npz', x=x, y=y, class_names=['a', 'b', 'c']), '3 names for the 2 classes'),
+      'class names': (save(tmp_path, 'g.npz', x=x, y=y, class_names=['a', 'b', 'c']), 'class_names must be 2 strings'),
+      'no examples': (save(tmp_path, 'h.npz', x=np.zeros((0, 3)), y=np.zeros(0, int)), 'none empty'),
+      'zero-width x': (save(tmp_path, 'i.npz', x=np.zeros((4, 0)), y=y), 'none empty'),
+      'one label, not an array': (save(tmp_path, 'j.npz', x=x, y=np.int64(1)), 'one label per example'),
+      'indices for labels': (save(tmp_path, 'k.npz', x=x, y=np.arange(4)), '4 classes for 4 examples'),
   }
 
 
 @pytest.mark.parametrize('case', ['no x', 'lengths differ', 'labels not integers', 'x not numeric',
                                   'x with NaN', 'one class', 'needs pickle', 'not an npz', 'missing',
-                                  'class names'])
+                                  'class names', 'no examples', 'zero-width x', 'one label, not an array',
+                                  'indices for labels'])
 def test_a_bad_npz_is_one_line_and_nothing_is_written(case, tmp_path, capsys):
   path, says = bad_files(tmp_path)[case]
   code, out = run(tmp_path, path)
@@ -121,21 +128,29 @@ def test_a_bad_npz_is_one_line_and_nothing_is_written(case, tmp_path, capsys):
 
 
 def test_data_too_large_for_this_machines_memory_is_refused_before_loading(tmp_path, capsys, monkeypatch):
-  path = save(tmp_path, x=np.zeros((1000, 100)), y=np.arange(1000) % 2)  # 800,000 + 8,000 bytes
+  # 800,000 + 8,000 bytes of arrays, and 28 bytes a feature value to standardize: 3,608,000 bytes
+  path = save(tmp_path, x=np.zeros((1000, 100)), y=np.arange(1000) % 2)
   monkeypatch.setattr(mnist, 'available_memory', lambda: 2_000_000)
   monkeypatch.setattr(np, 'load', None)  # nothing may be loaded
   code, out = run(tmp_path, path)
   err = capsys.readouterr().err
-  assert code == 1 and err.count('\n') == 1 and 'this machine has 1.9 MB available' in err and not out.exists()
+  assert code == 1 and err.count('\n') == 1 and 'takes about 3.4 MB; this machine has 1.9 MB available' in err
+  assert not out.exists()
 
 
-def test_the_arrays_size_is_read_from_the_headers(tmp_path):
+def test_the_memory_needed_is_read_from_the_headers(tmp_path):
   path = save(tmp_path, x=np.zeros((10, 7), np.float32), y=np.zeros(10, np.int16))
-  assert mnist.npz_bytes(path) == 10 * 7 * 4 + 10 * 2
+  members = mnist.npz_members(path)
+  assert members == {'x': ((10, 7), np.float32), 'y': ((10,), np.int16)}
+  assert mnist.npz_memory(members) == 10 * 7 * 4 + 10 * 2 + 28 * 70  # features: standardized
+  images = {'x': ((10, 8, 8), np.dtype(np.uint8))}
+  assert mnist.npz_memory(images) == 2 * 640  # images: one copy more
 
 
 @pytest.mark.parametrize('argv, says', [
     (['--data', 'd.npz', '--manual-dir', 'files'], "--manual-dir holds MNIST's files"),
+    (['--data', 'd.npz', '--dataset', 'cifar10'], 'use one of them'),
+    (['--data', ''], '--data needs a file name'),
     (['--data-d', 'somewhere'], 'unrecognized arguments: --data-d'),  # no prefix matching
 ])
 def test_flags_that_mix_data_sources_or_abbreviate_are_refused(argv, says, capsys):
@@ -158,8 +173,9 @@ def test_a_store_refuses_another_data_sets_runs_naming_both(tmp_path, capsys):
 def test_training_that_diverges_is_one_line_and_stores_nothing_of_that_group(tmp_path, capsys):
   x, y = np.eye(40, 4) * 10, np.arange(40) % 2
   code, out = run(tmp_path, save(tmp_path, x=x, y=y), '--learning-rate', '1e30', '--epochs', '3')
-  err = capsys.readouterr().err.splitlines()[-1]
-  assert code == 1 and 'training diverged at ratio 0.50' in err and '--learning-rate (now 1e+30)' in err
+  errors = [line for line in capsys.readouterr().err.splitlines() if 'error' in line]
+  assert code == 1 and len(errors) == 1
+  assert 'training diverged at ratio 0.50' in errors[0] and '--learning-rate (now 1e+30)' in errors[0]
   assert [f for f in (out / mnist.STORE_DIR).iterdir() if f.name.startswith('runs-')] == []
 
 
