@@ -149,6 +149,8 @@ class Data(typing.NamedTuple):
   shape: tuple        # one example as a picture: (28, 28) for MNIST, (H, W, 3) in colour;
                       # None for features
   label_values: tuple = ()  # the file's own labels of classes 0 .. C-1 (an npz's), if not those
+  fingerprint: str = ''     # of the arrays as read (an npz's), if not of x and y: standardized
+                            # features may differ in their last bit from one NumPy to another
 
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -200,13 +202,14 @@ def npz_data(path):
       raise CScoreError(f'{path}: class_names must be {len(values)} strings, one per class of y in '
                         f'sorted order, not {given.dtype} shaped {list(given.shape)}')
     names = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in given)
+  fingerprint = data_fingerprint(x, y)  # before any change: the file's own arrays
   pictures = x.dtype == np.uint8 and (x.ndim == 3 or x.ndim == 4 and x.shape[-1] in (1, 3))
   if pictures:  # grayscale [H, W] (a channel of 1 dropped), or colour [H, W, 3]
     shape, x = (x.shape[1:] if x.ndim == 4 and x.shape[-1] == 3 else x.shape[1:3]), x.reshape(len(x), -1)
   else:
     shape, x = None, standardized(x.reshape(len(x), -1))
   return Data(os.path.splitext(os.path.basename(path))[0], x, y.astype(np.int32), names, shape,
-              tuple(values.tolist()))  # the file's labels, as Python ints of any size
+              tuple(values.tolist()), fingerprint)  # the file's labels, as Python ints of any size
 
 
 def standardized(features):
@@ -1747,7 +1750,7 @@ def process_tag(args):
 
 def open_and_load_store(args, config, data):
   """The store in --out-dir, created or checked (and merged into, with --merge), and its runs."""
-  fingerprint = data_fingerprint(data.x, data.y)  # MNIST's as before; other data's named too
+  fingerprint = data.fingerprint or data_fingerprint(data.x, data.y)  # MNIST's as before
   settings = store_settings(config, fingerprint if data.name == 'mnist' else f'{data.name} {fingerprint}')
   store = open_store(args.out_dir, settings, fresh=args.fresh, tag=process_tag(args))
   if args.merge:

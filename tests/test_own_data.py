@@ -212,3 +212,15 @@ def test_a_tfds_train_split_too_large_for_this_machine_is_refused(mnist_data_dir
   monkeypatch.setattr(mnist, 'available_memory', lambda: 50 * 2**20)
   with pytest.raises(mnist.CScoreError, match='this machine has 50.0 MB available'):
     mnist.tfds_builder('mnist', str(mnist_data_dir))  # 60,000 x (784 + 8) bytes, x 2
+
+
+def test_a_resume_accepts_the_same_file_even_if_standardizing_rounds_otherwise(tmp_path, monkeypatch, capsys):
+  path = save(tmp_path, 'table.npz', x=np.eye(40, 4) * 10, y=np.arange(40) % 2)
+  out = tmp_path / 'out'
+  argv = ['--data', path, '--out-dir', str(out), '--epochs', '1', '--ratios', '0.5', '--hidden', '8']
+  assert mnist.main([*argv, '--runs', '1']) == 0
+  capsys.readouterr()
+  as_here = mnist.standardized  # another NumPy or CPU: the last bit of each value differs
+  monkeypatch.setattr(mnist, 'standardized', lambda x: np.nextafter(as_here(x), np.float32(np.inf)))
+  assert mnist.main([*argv, '--runs', '2']) == 0, capsys.readouterr().err
+  assert 'models in the estimate: 2' in capsys.readouterr().out
