@@ -1275,7 +1275,7 @@ def check_train_split_fits(name, builder, image):
     raise CScoreError(f'--dataset {name}: it has no train split (only {", ".join(builder.info.splits)})')
   if 'train' in builder.info.splits:
     n = builder.info.splits['train'].num_examples
-    check_fits_in_memory(f'--dataset {name}', n * (int(np.prod(image.shape)) + 8), copies=2)
+    check_fits_in_memory(f'--dataset {name}', 2 * n * (int(np.prod(image.shape)) + 8))  # loaded, then flattened
 
 
 def tfds_data(name, builder, image, label):
@@ -1297,7 +1297,7 @@ def read_npz(path, required, optional=()):
     raise CScoreError(f'{path}: cannot read it (no such file)')
   if not zipfile.is_zipfile(path):
     raise CScoreError(f'{path} is not a NumPy .npz file of x and y (numpy.savez writes one)')
-  check_fits_in_memory(path, npz_memory(npz_members(path)), copies=1)
+  check_fits_in_memory(path, npz_memory(npz_members(path)))
   try:
     with np.load(path, allow_pickle=False) as f:
       missing = [k for k in required if k not in f.files]
@@ -1344,12 +1344,12 @@ def npz_memory(members):
   return total
 
 
-def check_fits_in_memory(what, nbytes, copies=3):
-  """Refuses data that would not fit: loaded, standardized or cast (about `copies` times its
-  size), against the memory available now."""
+def check_fits_in_memory(what, nbytes):
+  """Refuses data whose loading and preparing would take more than the memory available now
+  (`nbytes`: their peak, copies included)."""
   available = available_memory()
-  if available and nbytes * copies > available:
-    raise CScoreError(f'{what}: loading and preparing it takes about {size_text(nbytes * copies)}; '
+  if available and nbytes > available:
+    raise CScoreError(f'{what}: loading and preparing it takes about {size_text(nbytes)}; '
                       f'this machine has {size_text(available)} available')
 
 
