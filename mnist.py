@@ -43,6 +43,7 @@ Sections, top to bottom. The method:
   Training step           SGD with momentum for K models in lockstep, and the learning record
   Estimator               C-score, standard error, memorization, split-half reliability, proxies
   Figures
+  Report                  every example in one HTML page: what it shows, and how it fits
   Outputs and summaries
   main
 Then the machinery, which changes no score:
@@ -57,6 +58,7 @@ Then the machinery, which changes no score:
   Progress and ETA        the bar, counted in FLOPs
   Command line            flags, and the one-line errors for bad ones
   Errors, TensorFlow and stderr   one-line errors; TensorFlow loaded late and quietly; devices
+  Report page             the report's HTML, CSS and JavaScript
 
 Usage:
     python mnist.py                                   # full protocol: 9 ratios x 200 runs
@@ -67,6 +69,7 @@ Usage:
 """
 
 import argparse
+import base64
 import collections
 import concurrent.futures
 import contextlib
@@ -613,13 +616,15 @@ class Run(typing.NamedTuple):
   hardware: tuple         # the device kind and how its matmuls round, e.g. ('CPU', 'fp32')
   file: str = ''          # the store file it came from
   alternates: int = 0     # other records of this run, from other hardware, set aside
+  seconds: float = float('nan')  # its share of its group's training time (NaN: not recorded)
 
 
-def group_runs(group, epochs, hardware):
-  """[Run] of a RunGroup: the learning record kept only over each run's subset, its confidence
-  quantized to 8 bits (round(255 p): within 0.002)."""
+def group_runs(group, epochs, hardware, seconds=float('nan')):
+  """[Run] of a RunGroup that trained in `seconds`: the learning record kept only over each
+  run's subset, its confidence quantized to 8 bits (round(255 p): within 0.002)."""
   return [Run(h, c, hits[~h].round().astype(np.min_scalar_type(epochs)),
-              np.rint(p[~h] * 255).clip(0, 255).astype(np.uint8), epochs, hardware)
+              np.rint(p[~h] * 255).clip(0, 255).astype(np.uint8), epochs, hardware,
+              seconds=seconds / len(group.held_out))
           for h, c, hits, p in zip(*group)]
 
 
@@ -956,15 +961,113 @@ def proxies_figure(est, data, path, per_row=10):
 
 
 # ------------------------------------------------------------------------------------------------
+# Report: every example in one HTML page, to sort, filter, look at and take away
+# ------------------------------------------------------------------------------------------------
+
+REPORT_LIMIT = 20_000_000  # bytes: a page any browser opens at once, and one can mail or copy
+
+REPORT_COLUMNS = (('cscore', 'cscores'), ('standard_error', 'standard_error'),
+                  ('memorization', 'memorization'), ('learning_speed', 'learning_speed'),
+                  ('learning_confidence', 'learning_confidence'))  # (the page's name, Estimates')
+
+
+def extremes_per_class(scores, labels, classes, keep):
+  """Indices, in example order, of the `keep` // 2 lowest- and highest-scored examples of each
+  class (of every scored one where a class has fewer); NaN scores are left out."""
+  chosen = []
+  for c in range(classes):
+    idx = np.flatnonzero((labels == c) & ~np.isnan(scores))
+    ranked = idx[np.argsort(scores[idx], kind='stable')]
+    half = keep // (2 * classes)
+    chosen.append(ranked if len(ranked) <= 2 * half else np.concatenate([ranked[:half], ranked[-half:]]))
+  return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def sprite_sheets(pictures, shape):
+  """PNG sprite sheets of pictures [m, H * W (* 3)] as base64 text, and (per sheet, columns):
+  up to 1,000 pictures a sheet, row by row, a sheet at most about 4,096 pixels a side."""
+  from PIL import Image  # Pillow: matplotlib's own dependency
+  h, w = shape[:2]
+  cols = max(1, min(40, 4096 // w))
+  per_sheet = cols * max(1, min(25, 4096 // h))
+  sheets = []
+  for start in range(0, len(pictures), per_sheet):
+    chunk = pictures[start:start + per_sheet].reshape(-1, *shape)
+    rows = -(-len(chunk) // cols)
+    tiles = np.zeros((rows * cols, *shape), np.uint8)
+    tiles[:len(chunk)] = chunk
+    sheet = tiles.reshape(rows, cols, *shape).swapaxes(1, 2).reshape(rows * h, cols * w, *shape[2:])
+    png = io.BytesIO()
+    Image.fromarray(sheet).save(png, format='png')
+    sheets.append(base64.b64encode(png.getvalue()).decode())
+  return sheets, (per_sheet, cols)
+
+
+def encoded(values, dtype):
+  return base64.b64encode(np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder('<')).tobytes()).decode()
+
+
+def report_data(est, data, facts, shown):
+  """What the page shows of the examples `shown` (indices), as JSON-ready values: numbers as
+  base64 little-endian arrays, pictures as sprite sheets."""
+  counts = est.held_out_counts[:, shown]
+  count_type = np.uint8 if counts.max(initial=0) < 256 else np.uint16
+  hits = np.rint(np.nan_to_num(est.per_ratio[:, shown]) * counts)  # C_r = hits / count, exactly
+  page = dict(name=data.name, n=len(data.y), facts=facts, class_names=list(data.class_names),
+              label_values=[str(v) for v in (data.label_values or range(len(data.class_names)))],
+              ratios=est.ratios.tolist(), runs=est.runs.tolist(),
+              heldout_accuracy=[None if np.isnan(a) else float(a) for a in est.heldout_accuracy],
+              index=encoded(shown, '<u4'), label=encoded(data.y[shown], '<u2'),
+              columns={name: encoded(getattr(est, field)[shown], '<f4') for name, field in REPORT_COLUMNS},
+              count_type=np.dtype(count_type).name, hits=encoded(hits, count_type),
+              counts=encoded(counts, count_type), shape=None)
+  if data.shape is not None:
+    sheets, (per_sheet, cols) = sprite_sheets(data.x[shown], tuple(data.shape))
+    page.update(shape=list(data.shape[:2]), per_sheet=per_sheet, cols=cols)
+    return page, sheets
+  return page, []
+
+
+def report_html(page, sheets):
+  """The page: REPORT_TEMPLATE (below, with the machinery) with the data and the sheets in it."""
+  css = '\n'.join(f'.s{i}{{background-image:url(data:image/png;base64,{s})}}' for i, s in enumerate(sheets))
+  data = json.dumps(page, separators=(',', ':')).replace('</', '<\\/')  # inert inside <script>
+  return REPORT_TEMPLATE.replace('/*SHEETS*/', css).replace('/*DATA*/', data)
+
+
+def report(est, data, facts, limit=REPORT_LIMIT):
+  """The report page (text) of every example, or, when their pictures would pass `limit` bytes,
+  of the lowest- and highest-scored of each class, as many as fit: sized from a first 2,000,
+  then checked."""
+  def page(shown):
+    content, sheets = report_data(est, data, facts, shown)
+    return report_html(dict(content, left_out=len(data.y) - len(shown)), sheets)
+  n = len(data.y)
+  empty = len(page(np.arange(0)).encode())  # the code, the facts, the names
+  sample = np.arange(min(n, 2000))
+  per_example = (len(page(sample).encode()) - empty) / max(len(sample), 1)
+  shown = np.arange(n)
+  while True:
+    if empty + per_example * len(shown) > limit:  # the extremes of each class, as many as fit
+      keep = min(len(shown) - 1, int(0.98 * (limit - empty) / per_example))
+      shown = extremes_per_class(est.cscores, data.y, len(data.class_names), max(keep, 0))
+    html = page(shown)
+    size = len(html.encode())
+    if size <= limit or not len(shown):
+      return html
+    per_example = (size - empty) / len(shown)
+
+
+# ------------------------------------------------------------------------------------------------
 # Outputs and summaries: the files written from the stored runs, and what the command prints
 # ------------------------------------------------------------------------------------------------
 
 def output_files(name='mnist', pictures=True):
   """The files written, the figures named after the data; without pictures (features), not
   the figures that are made of examples."""
-  files = dict(scores='cscores.npy', details='cscores-details.npz', examples=f'{name}-examples.pdf',
-               overview=f'{name}-cscores.pdf', memorized=f'{name}-memorized.pdf',
-               proxies=f'{name}-proxies.pdf')
+  files = dict(scores='cscores.npy', details='cscores-details.npz', report=f'{name}-report.html',
+               examples=f'{name}-examples.pdf', overview=f'{name}-cscores.pdf',
+               memorized=f'{name}-memorized.pdf', proxies=f'{name}-proxies.pdf')
   return files if pictures else {k: v for k, v in files.items() if k not in ('examples', 'memorized')}
 
 
@@ -974,6 +1077,7 @@ OUTPUTS = output_files()  # MNIST's
 OUTPUT_NOTES = dict(
     scores="the C-score of each training example, float32, in the data's order (MNIST's: tfds train order)",
     details='per-ratio scores, standard errors, split-half reliability, memorization, learning proxies',
+    report='every example, to sort, filter and take away as CSV: open it in a browser',
     examples="per class, the 10 highest- and 10 lowest-scored examples",
     overview='C-score histogram, learning curve, C-score per class, hard examples by ratio',
     memorized='the 30 most memorized examples',
@@ -989,6 +1093,8 @@ def write_outputs(out_dir, data, runs, config, tag=''):
                  label_values=np.array(data.label_values or range(len(data.class_names))))
   write_atomically(path['scores'], lambda f: np.save(f, est.cscores.astype(np.float32)), tag)
   write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est), **classes), tag)
+  page = report(est, data, report_facts(est, runs, config))
+  write_atomically(path['report'], lambda f: f.write(page.encode()), tag)
   if not np.isnan(est.cscores).all():
     if data.shape is not None:
       examples_figure(data, est.cscores, path['examples'])
@@ -1030,6 +1136,31 @@ def hardware_line(runs, config):
   return (f'runs in the estimate trained {"on mixed hardware: " if len(kinds) > 1 else ""}{listed}'
           + (f'; {twice} of them stored twice, by different hardware: one record of each is used, '
              "the CPU's (between GPUs, the first by name)" if twice else ''))
+
+
+def training_time_line(runs, config):
+  """The training time of the runs in the estimate, summed from the store's records."""
+  found = [r for ratio in config.ratios for r in finished_runs(runs, config, ratio)]
+  timed = [r.seconds for r in found if not np.isnan(r.seconds)]
+  if not timed:
+    return f'training time: not recorded (the {len(found):,} runs were stored by an older mnist.py)'
+  return (f'training time: {datetime.timedelta(seconds=round(sum(timed)))} summed over the groups of '
+          f'{len(timed):,} runs, evaluation included'
+          + (f'; {len(found) - len(timed):,} runs stored by an older mnist.py have no time recorded'
+             if len(timed) < len(found) else ''))
+
+
+def report_facts(est, runs, config):
+  """The report's summary of what was run, on what, for how long, and how reliable it is."""
+  done = sorted(set(est.runs.tolist()))
+  per_ratio = f'{done[0]}' if len(done) == 1 else f'{done[0]} to {done[-1]}'
+  se = (f'standard error of a C-score: median {np.nanmedian(est.standard_error):.4f}'
+        if not np.isnan(est.standard_error).all() else 'standard error: none (no example scored)')
+  return [f'{per_ratio} runs per ratio at {len(est.ratios)} ratios ('
+          + ', '.join(f'{r:g}' for r in est.ratios) + f'): {int(est.runs.sum()):,} models; '
+          f'{config.epochs} epoch{"s" if config.epochs > 1 else ""} each, batch {config.batch_size}, '
+          f'{config.precision}',
+          hardware_line(runs, config), training_time_line(runs, config), reliability_line(est), se]
 
 
 def summary_lines(est, runs, config, trained, seconds):
@@ -1114,7 +1245,9 @@ def written_lines(out_dir, est, data):
   paths = {k: os.path.abspath(os.path.join(out_dir, file))
            for k, file in output_files(data.name, pictures).items() if figures or not file.endswith('.pdf')}
   width = max(map(len, paths.values()))
-  lines = ['wrote:'] + [f'  {path:<{width}}  {OUTPUT_NOTES[k]}' for k, path in paths.items()]
+  lines = ['wrote:'] + [f'  {path:<{width}}  {OUTPUT_NOTES[k]}'
+                        + (f' ({size_text(os.path.getsize(path))})' if k == 'report' else '')
+                        for k, path in paths.items()]
   if figures and pictures:
     lines.append(f'open first: {paths["examples"]}, the most typical and the most unusual examples')
   elif figures:
@@ -1588,8 +1721,9 @@ def gpu_failed_to_start(error):
 #
 #   OUT/cscore-runs/settings.json     what the runs depend on (training settings, data hash)
 #   OUT/cscore-runs/runs-*.npz        one file per group of runs: ratio, seeds, held-out and
-#                                     correct masks (bit-packed), the learning record, and the
-#                                     device and matmul precision that trained them
+#                                     correct masks (bit-packed), the learning record, the
+#                                     device and matmul precision that trained them, and the
+#                                     seconds it took
 #   OUT/cscore-runs/.lock*            the operating system's locks (see Locks)
 # Each file is written to a temporary name and renamed, so a killed process never leaves half a
 # file; settings.json is created exclusively, so two processes starting at once agree on it.
@@ -1770,21 +1904,22 @@ def run_file_name(ratio, seeds):
 
 def write_run_file(store, ratio, seeds, runs, tag=''):
   """Saves runs of one ratio (all of one device) as one file; returns its name. Masks are
-  bit-packed (7.5 KB each)."""
+  bit-packed (7.5 KB each). The file's seconds are its runs' (NaN if any has none recorded)."""
   arrays = dict(ratio=np.float64(ratio), seeds=np.asarray(seeds, np.int64), n=np.int64(len(runs[0].held_out)),
                 held_out=np.packbits([r.held_out for r in runs], axis=1),
                 correct=np.packbits([r.correct for r in runs], axis=1),
                 device=np.str_(runs[0].hardware[0]), matmul=np.str_(runs[0].hardware[1]),
                 epochs=np.int64(runs[0].epochs), hits=np.stack([r.hits for r in runs]),
-                confidence=np.stack([r.confidence for r in runs]))
+                confidence=np.stack([r.confidence for r in runs]),
+                seconds=np.float64(sum(r.seconds for r in runs)))
   name = run_file_name(ratio, seeds)
   write_atomically(os.path.join(store, name), lambda f: np.savez_compressed(f, **arrays), tag)
   return name
 
 
-def save_runs(store, ratio, seeds, group, epochs, hardware, tag=''):
-  """Saves a RunGroup; returns the file's name."""
-  return write_run_file(store, ratio, seeds, group_runs(group, epochs, hardware), tag)
+def save_runs(store, ratio, seeds, group, epochs, hardware, tag='', seconds=float('nan')):
+  """Saves a RunGroup that trained in `seconds`; returns the file's name."""
+  return write_run_file(store, ratio, seeds, group_runs(group, epochs, hardware, seconds), tag)
 
 
 def read_run_file(path):
@@ -1800,6 +1935,7 @@ def read_run_file(path):
       correct = np.unpackbits(f['correct'], axis=1, count=n).astype(bool)
       hardware = (str(f['device']), str(f['matmul']))
       hits, confidence = f['hits'], f['confidence']
+      seconds = float(f['seconds']) / len(seeds) if 'seconds' in f else np.nan  # (older files: none)
     if not len(seeds) == len(held_out) == len(correct) == len(hits) == len(confidence):
       raise ValueError('its arrays disagree on the number of runs')
     if not all(len(h) == len(c) == (~o).sum() for h, c, o in zip(hits, confidence, held_out)):
@@ -1807,7 +1943,7 @@ def read_run_file(path):
   except Exception as e:
     raise CScoreError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
                       'delete it to retrain its runs (an unsharded run with --fresh discards the whole store)') from e
-  return [(ratio, int(s), Run(*record, epochs, hardware, str(path)))
+  return [(ratio, int(s), Run(*record, epochs, hardware, str(path), seconds=seconds))
           for s, *record in zip(seeds, held_out, correct, hits, confidence)]
 
 
@@ -2064,8 +2200,10 @@ def train_missing_runs(trainer, store, runs, groups, tag=''):
       prepare = functools.partial(group_work, config, n)
       for ((ratio, seeds), work), work_steps in zip(prepared_ahead(groups, prepare), steps):
         bar.set_description(f'ratio {ratio:.2f}, {trained}/{models} models done')
+        began = time.perf_counter()
         group = train_run_group(trainer, ratio, seeds, lambda i: bar.update(work_steps[i]), work)
-        name = save_runs(store, ratio, seeds, group, config.epochs, trainer.hardware, tag)
+        name = save_runs(store, ratio, seeds, group, config.epochs, trainer.hardware, tag,
+                         seconds=time.perf_counter() - began)
         for r, s, run in read_run_file(os.path.join(store, name)):  # as a resume will see them
           runs[ratio_key(r), s] = run
         trained += len(seeds)
@@ -2368,6 +2506,347 @@ def matmul_precision(config):
   if capability and capability >= (8, 0) and tf.config.experimental.is_tensor_float_32_execution_enabled():
     return 'tf32'
   return 'fp32'
+
+
+# ------------------------------------------------------------------------------------------------
+# Report page: the HTML, CSS and JavaScript of <name>-report.html. Plain JavaScript, no framework
+# and nothing fetched: the data go in at /*DATA*/ as JSON, the pictures at /*SHEETS*/ as CSS
+# sprite sheets (data URIs), so the one file opens offline from disk in any current browser.
+# ------------------------------------------------------------------------------------------------
+
+REPORT_TEMPLATE = r'''<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>C-scores</title>
+<style>
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; background: #fcfcfc; }
+header, section { padding: 10px 24px; }
+h1 { font-size: 21px; margin: 6px 0 2px; }
+h2 { font-size: 16px; margin: 8px 0 4px; }
+#facts { margin: 4px 0; padding-left: 20px; }
+.charts { display: flex; gap: 32px; flex-wrap: wrap; }
+.charts figure { margin: 0; }
+.charts figcaption { font-size: 12px; color: #555; }
+svg text { font-size: 11px; fill: #444; }
+#controls { display: flex; gap: 8px 16px; flex-wrap: wrap; align-items: center; position: sticky; top: 0;
+            background: #fcfcfc; padding: 8px 0; border-bottom: 1px solid #ddd; z-index: 1; }
+#rule { color: #555; margin: 6px 0; max-width: 70em; }
+table { border-collapse: collapse; }
+th { text-align: right; padding: 4px 10px; border-bottom: 2px solid #ccc; user-select: none; white-space: nowrap; }
+th[data-key] { cursor: pointer; }
+th[data-key]:hover { background: #eef; }
+td { text-align: right; padding: 2px 10px; border-bottom: 1px solid #eee; font-variant-numeric: tabular-nums; }
+tr.ex { cursor: pointer; }
+tr.ex:hover { background: #eef3ff; }
+.pic { display: inline-block; vertical-align: middle; background-repeat: no-repeat;
+       image-rendering: pixelated; image-rendering: crisp-edges; }
+.none { color: #a33; font-style: italic; }
+#detail { position: fixed; inset: 0; background: rgba(0, 0, 0, .45); display: none; align-items: center;
+          justify-content: center; z-index: 2; }
+#detail.open { display: flex; }
+#detail-body { background: #fff; padding: 16px 22px; border-radius: 6px; max-width: 92vw; max-height: 92vh; overflow: auto; }
+#detail-body .row { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
+#detail-body table td, #detail-body table th { padding: 1px 8px; }
+#message { color: #a33; }
+</style>
+<style>
+/*SHEETS*/
+</style>
+</head>
+<body>
+<header>
+<h1 id="title">C-scores</h1>
+<div id="subtitle"></div>
+<noscript>This report needs JavaScript to show the examples.</noscript>
+</header>
+<section id="summary">
+<h2>What was run</h2>
+<ul id="facts"></ul>
+<div class="charts">
+<figure><svg id="histogram" width="380" height="190"></svg><figcaption id="histogram-caption"></figcaption></figure>
+<figure><svg id="curve" width="380" height="190"></svg><figcaption>Held-out accuracy of a run, by the ratio of the data it trained on (the learning curve)</figcaption></figure>
+</div>
+</section>
+<section id="browser">
+<h2>Examples</h2>
+<div id="controls">
+<label>class <select id="class"></select></label>
+<label>sort by <select id="key"></select></label>
+<button id="direction" type="button"></button>
+<button id="mislabeled" type="button">likely mislabeled</button>
+<label>example # <input id="find" type="number" min="0" step="1" style="width: 7em"></label>
+<span id="count"></span>
+<span><button id="first" type="button">&laquo;</button> <button id="prev" type="button">&lsaquo;</button>
+<span id="page"></span> <button id="next" type="button">&rsaquo;</button> <button id="last" type="button">&raquo;</button></span>
+<label>rows <select id="rows"><option value="50">50</option><option value="100" selected>100</option><option value="250">250</option><option value="1000">1000</option></select></label>
+<button id="csv" type="button">download this view as CSV</button>
+<span id="message"></span>
+</div>
+<p id="rule"></p>
+<table id="table"><thead><tr id="head"></tr></thead><tbody id="body"></tbody></table>
+</section>
+<div id="detail"><div id="detail-body"></div></div>
+<script type="application/json" id="data">/*DATA*/</script>
+<script>
+'use strict';
+const D = JSON.parse(document.getElementById('data').textContent);
+const $ = id => document.getElementById(id);
+
+function decode(text, Type) {
+  const s = atob(text), bytes = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) bytes[i] = s.charCodeAt(i);
+  return new Type(bytes.buffer);
+}
+const COUNTS = {uint8: Uint8Array, uint16: Uint16Array};
+const index = decode(D.index, Uint32Array), label = decode(D.label, Uint16Array);
+const m = index.length, L = D.ratios.length;
+const hits = decode(D.hits, COUNTS[D.count_type]), counts = decode(D.counts, COUNTS[D.count_type]);
+const col = {};
+for (const name in D.columns) col[name] = decode(D.columns[name], Float32Array);
+function difference(a, b) {
+  const out = new Float32Array(m);
+  for (let p = 0; p < m; p++) out[p] = col[a][p] - col[b][p];
+  return out;
+}
+// The sort keys, and what each means.
+const KEYS = [
+  {key: 'cscore', name: 'C-score', values: col.cscore,
+   rule: 'C-score: the accuracy on the example of the models that did not train on it, averaged over the ratios. Low: unlike the rest of its class.'},
+  {key: 'standard_error', name: 'standard error', values: col.standard_error,
+   rule: 'Standard error of the C-score, from the runs that held the example out at each ratio.'},
+  {key: 'memorization', name: 'memorization', values: col.memorization,
+   rule: 'Memorization (Feldman & Zhang, 2020): how much more often a model gets the example right when it trained on it than when it did not.'},
+  {key: 'learning_speed', name: 'learning speed', values: col.learning_speed,
+   rule: 'Learning speed: the fraction of epochs in which the models that trained on the example classified it correctly. A cheap proxy of the C-score.'},
+  {key: 'learning_confidence', name: 'learning confidence', values: col.learning_confidence,
+   rule: 'Learning confidence: the mean probability of the label over the epochs, in the models that trained on the example. A cheap proxy of the C-score.'},
+  {key: 'speed_minus_cscore', name: 'learning speed \u2212 C-score', values: difference('learning_speed', 'cscore'),
+   rule: 'Learning speed \u2212 C-score: high where the proxy finds the example easy and the C-score hard; low the other way round.'},
+  {key: 'confidence_minus_cscore', name: 'learning confidence \u2212 C-score', values: difference('learning_confidence', 'cscore'),
+   rule: 'Learning confidence \u2212 C-score: high where the proxy finds the example easy and the C-score hard; low the other way round.'},
+  {key: 'memorization_minus_cscore', name: 'memorization \u2212 C-score (likely mislabeled)', values: difference('memorization', 'cscore'),
+   rule: 'Likely mislabeled, highest first: memorization \u2212 C-score. A mislabeled example is learned only by heart: models get it right when they train on it (high memorization) and wrong when they do not (low C-score). The difference is highest, near 1, for those.'},
+  {key: 'index', name: 'example #', values: Float64Array.from(index),
+   rule: "Example #: the example's index in the data, from 0, as in cscores.npy."},
+];
+const KEY = Object.fromEntries(KEYS.map(k => [k.key, k]));
+const state = {cls: -1, key: 'cscore', dir: 1, page: 0, rows: 100};
+let view = new Uint32Array(0), unscoredInView = 0;
+
+function esc(text) {
+  return String(text).replace(/[&<>"']/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
+}
+function fmt(v, digits = 3) { return Number.isNaN(v) ? '<span class="none">no score</span>' : v.toFixed(digits); }
+function picture(p, size) {
+  if (!D.shape) return '';
+  const [h, w] = D.shape, z = Math.max(1, size / Math.max(h, w)), slot = p % D.per_sheet;
+  const r = Math.floor(slot / D.cols), c = slot % D.cols;
+  return `<span class="pic s${Math.floor(p / D.per_sheet)}" style="width:${w * z}px;height:${h * z}px;` +
+         `background-size:${D.cols * w * z}px auto;background-position:-${c * w * z}px -${r * h * z}px"></span>`;
+}
+function className(p) { return D.class_names[label[p]]; }
+
+// The view: the chosen class, sorted by the chosen key; examples without a value last, in index order.
+function computeView() {
+  const values = KEY[state.key].values, dir = state.dir, scored = [], unscored = [];
+  for (let p = 0; p < m; p++) {
+    if (state.cls >= 0 && label[p] !== state.cls) continue;
+    (Number.isNaN(values[p]) ? unscored : scored).push(p);
+  }
+  scored.sort((a, b) => dir * (values[a] - values[b]) || a - b);
+  view = Uint32Array.from(scored.concat(unscored));
+  unscoredInView = unscored.length;
+}
+const COLUMNS = [
+  ['index', 'example #'], ['class', 'class'], ['cscore', 'C-score \u00b1 s.e.'], ['memorization', 'memorization'],
+  ['learning_speed', 'learning speed'], ['learning_confidence', 'learning confidence']];
+function renderHead() {
+  $('head').innerHTML = (D.shape ? '<th></th>' : '') + COLUMNS.map(([key, name]) => {
+    const sortable = key in KEY, arrow = key === state.key ? (state.dir > 0 ? ' \u25b2' : ' \u25bc') : '';
+    return `<th${sortable ? ` data-key="${key}" title="sort by ${esc(name)}"` : ''}>${esc(name)}${arrow}</th>`;
+  }).join('');
+}
+function row(p) {
+  const cs = col.cscore[p];
+  return `<tr class="ex" data-p="${p}" data-index="${index[p]}">` + (D.shape ? `<td>${picture(p, 56)}</td>` : '') +
+    `<td>${index[p]}</td><td>${esc(className(p))}</td>` +
+    `<td data-value="${cs}">${Number.isNaN(cs) ? fmt(cs) : `${cs.toFixed(3)} \u00b1 ${col.standard_error[p].toFixed(3)}`}</td>` +
+    ['memorization', 'learning_speed', 'learning_confidence'].map(k => `<td>${fmt(col[k][p])}</td>`).join('') + '</tr>';
+}
+function pages() { return Math.max(1, Math.ceil(view.length / state.rows)); }
+function render() {
+  state.page = Math.min(state.page, pages() - 1);
+  const start = state.page * state.rows;
+  $('body').innerHTML = Array.from(view.subarray(start, start + state.rows), row).join('');
+  $('count').textContent = `${view.length.toLocaleString('en')} examples` +
+    (unscoredInView ? `, ${unscoredInView.toLocaleString('en')} without a ${KEY[state.key].name.split(' (')[0]} (last)` : '');
+  $('page').textContent = `page ${state.page + 1} of ${pages()}`;
+  $('direction').textContent = state.dir > 0 ? 'lowest first' : 'highest first';
+  $('key').value = state.key;
+  $('rule').textContent = KEY[state.key].rule;
+  renderHead();
+}
+function update(changes) {
+  Object.assign(state, changes);
+  computeView();
+  render();
+  histogram();
+}
+
+// CSV of the whole view, in its order.
+const CSV_HEAD = ['index', 'label', 'class', 'cscore', 'standard_error', 'memorization', 'learning_speed', 'learning_confidence'];
+function csvField(text) { return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text; }
+function csvText() {
+  const lines = [CSV_HEAD.join(',')];
+  for (const p of view) {
+    const v = k => Number.isNaN(col[k][p]) ? 'nan' : col[k][p].toPrecision(7);
+    lines.push([index[p], csvField(D.label_values[label[p]]), csvField(className(p)),
+                v('cscore'), v('standard_error'), v('memorization'), v('learning_speed'), v('learning_confidence')].join(','));
+  }
+  return lines.join('\n') + '\n';
+}
+function downloadCsv() {
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(new Blob([csvText()], {type: 'text/csv'}));
+  const which = state.cls >= 0 ? `-class-${String(D.class_names[state.cls]).replace(/[^\w.-]+/g, '_')}` : '';
+  a.download = `${D.name}-cscores${which}-by-${state.key}-${state.dir > 0 ? 'ascending' : 'descending'}.csv`;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
+// Charts, as SVG.
+const SVG = 'http://www.w3.org/2000/svg';
+function svg(parent, tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const a in attrs) e.setAttribute(a, attrs[a]);
+  if (text !== undefined) e.textContent = text;
+  parent.appendChild(e);
+  return e;
+}
+function axes(el, xs, ys, xlabel, ylabel, x0, x1, y0, y1) {
+  el.innerHTML = '';
+  const W = +el.getAttribute('width'), H = +el.getAttribute('height'), l = 58, r = 10, t = 10, b = 34;
+  const X = v => l + (v - x0) / (x1 - x0) * (W - l - r), Y = v => H - b - (v - y0) / (y1 - y0) * (H - t - b);
+  svg(el, 'line', {x1: l, y1: H - b, x2: W - r, y2: H - b, stroke: '#888'});
+  svg(el, 'line', {x1: l, y1: t, x2: l, y2: H - b, stroke: '#888'});
+  for (const v of xs) svg(el, 'text', {x: X(v), y: H - b + 14, 'text-anchor': 'middle'}, v);
+  for (const v of ys) svg(el, 'text', {x: l - 5, y: Y(v) + 4, 'text-anchor': 'end'}, v);
+  svg(el, 'text', {x: (l + W - r) / 2, y: H - 4, 'text-anchor': 'middle'}, xlabel);
+  svg(el, 'text', {x: 12, y: (t + H - b) / 2, 'text-anchor': 'middle', transform: `rotate(-90 12 ${(t + H - b) / 2})`}, ylabel);
+  return [X, Y];
+}
+function histogram() {
+  const bins = new Array(20).fill(0);
+  let scored = 0;
+  for (let p = 0; p < m; p++) {
+    const v = col.cscore[p];
+    if ((state.cls >= 0 && label[p] !== state.cls) || Number.isNaN(v)) continue;
+    bins[Math.min(19, Math.floor(v * 20))]++;
+    scored++;
+  }
+  const top = Math.max(1, ...bins), el = $('histogram');
+  const [X, Y] = axes(el, [0, 0.25, 0.5, 0.75, 1], [], 'C-score', 'examples (log)', 0, 1, 0, Math.log10(top) + 1);
+  bins.forEach((count, i) => {
+    if (!count) return;
+    const y = Y(Math.log10(count) + 1);
+    svg(el, 'rect', {x: X(i / 20) + 0.5, y, width: X(0.05) - X(0) - 1, height: Y(0) - y, fill: '#4a78b5'},
+        undefined).appendChild(document.createElementNS(SVG, 'title')).textContent = `${(i / 20).toFixed(2)}\u2013${((i + 1) / 20).toFixed(2)}: ${count.toLocaleString('en')}`;
+  });
+  for (let e = 0; 10 ** e <= top; e++) svg(el, 'text', {x: 53, y: Y(e + 1) + 4, 'text-anchor': 'end'}, (10 ** e).toLocaleString('en'));
+  $('histogram-caption').textContent = `Distribution of the C-scores of ${scored.toLocaleString('en')} examples` +
+    (state.cls >= 0 ? ` of class ${D.class_names[state.cls]}` : '') + ' (log scale)';
+}
+function curve(el, xs, ys, ylabel, y0) {
+  const points = xs.map((x, i) => [x, ys[i]]).filter(([, y]) => y !== null && !Number.isNaN(y));
+  const low = Math.min(y0 ?? 1, ...points.map(([, y]) => y));
+  const bottom = Math.floor(low * 10) / 10;
+  const ticks = [];
+  for (let v = bottom; v <= 1.0001; v += (1 - bottom > 0.5 ? 0.25 : 0.1)) ticks.push(+v.toFixed(2));
+  const [X, Y] = axes(el, [0.1, 0.3, 0.5, 0.7, 0.9], ticks, 'subset ratio', ylabel, 0.05, 0.95, bottom, 1);
+  svg(el, 'polyline', {points: points.map(([x, y]) => `${X(x)},${Y(y)}`).join(' '), fill: 'none', stroke: '#4a78b5', 'stroke-width': 2});
+  for (const [x, y] of points) svg(el, 'circle', {cx: X(x), cy: Y(y), r: 3, fill: '#4a78b5'}).appendChild(
+      document.createElementNS(SVG, 'title')).textContent = `ratio ${x}: ${y.toFixed(4)}`;
+}
+
+// One example, large.
+function showDetail(p) {
+  const rows = D.ratios.map((r, j) => {
+    const k = counts[j * m + p], h = hits[j * m + p];
+    return `<tr><td>${r}</td><td>${k ? (h / k).toFixed(3) : '<span class="none">no score</span>'}</td>` +
+           `<td>${k ? `${h} of ${k}` : 'none held it out'}</td></tr>`;
+  }).join('');
+  const v = k => fmt(col[k][p]);
+  $('detail-body').innerHTML =
+    `<h2>Example #${index[p]}: class ${esc(className(p))}` +
+    (D.label_values[label[p]] !== className(p) ? ` (label ${esc(D.label_values[label[p]])})` : '') + '</h2>' +
+    `<div class="row"><div>${picture(p, 256)}</div><div><table>` +
+    `<tr><th>C-score</th><td>${v('cscore')}</td></tr><tr><th>standard error</th><td>${v('standard_error')}</td></tr>` +
+    `<tr><th>memorization</th><td>${v('memorization')}</td></tr><tr><th>learning speed</th><td>${v('learning_speed')}</td></tr>` +
+    `<tr><th>learning confidence</th><td>${v('learning_confidence')}</td></tr></table></div>` +
+    `<div><table><tr><th>ratio</th><th>C<sub>r</sub></th><th>right, of the runs that held it out</th></tr>${rows}</table></div>` +
+    `<div><svg id="detail-curve" width="320" height="180"></svg></div></div>` +
+    '<p><button id="close" type="button">close</button> (or Esc, or click outside)</p>';
+  curve($('detail-curve'), D.ratios, D.ratios.map((r, j) => counts[j * m + p] ? hits[j * m + p] / counts[j * m + p] : null), 'held-out accuracy', 0);
+  $('detail').classList.add('open');
+  $('close').onclick = closeDetail;
+}
+function closeDetail() { $('detail').classList.remove('open'); }
+function find(text) {
+  $('message').textContent = '';
+  if (text === '') return;
+  const i = Number(text);
+  let lo = 0, hi = m;  // index is ascending
+  while (lo < hi) { const mid = (lo + hi) >> 1; if (index[mid] < i) lo = mid + 1; else hi = mid; }
+  if (lo < m && index[lo] === i) return showDetail(lo);
+  $('message').textContent = Number.isInteger(i) && i >= 0 && i < D.n
+    ? `#${i} is not in this page; its score is in cscores.npy` : `no example #${text}: the data hold 0 to ${D.n - 1}`;
+}
+
+// The page.
+function setUp() {
+  document.title = `C-scores of ${D.name}`;
+  $('title').textContent = `C-scores of ${D.name}: ${D.n.toLocaleString('en')} examples, ${D.class_names.length} classes`;
+  $('subtitle').textContent = D.left_out
+    ? `This page shows ${m.toLocaleString('en')} of them, the lowest- and highest-scored of each class: all of them would make it too large. ` +
+      `The scores of the other ${D.left_out.toLocaleString('en')} are in cscores.npy and cscores-details.npz.`
+    : 'Every example is here. Sort, filter by class, click one to see it large, and download the view as CSV.';
+  let unscored = 0;
+  for (let p = 0; p < m; p++) unscored += Number.isNaN(col.cscore[p]);
+  $('facts').innerHTML = D.facts.concat(unscored ? [`${unscored.toLocaleString('en')} examples have no C-score: at every ratio, no run held them out (too few runs). They show "no score" and sort last.`] : [])
+    .map(f => `<li>${esc(f)}</li>`).join('');
+  curve($('curve'), D.ratios, D.heldout_accuracy, 'held-out accuracy');
+  $('class').innerHTML = '<option value="-1">all</option>' + D.class_names.map((c, i) => `<option value="${i}">${esc(c)}</option>`).join('');
+  $('key').innerHTML = KEYS.map(k => `<option value="${k.key}">${esc(k.name)}</option>`).join('');
+  $('class').onchange = e => update({cls: +e.target.value, page: 0});
+  $('key').onchange = e => update({key: e.target.value, page: 0});
+  $('direction').onclick = () => update({dir: -state.dir, page: 0});
+  $('mislabeled').onclick = () => update({key: 'memorization_minus_cscore', dir: -1, page: 0});
+  $('rows').onchange = e => update({rows: +e.target.value, page: 0});
+  $('first').onclick = () => { state.page = 0; render(); };
+  $('prev').onclick = () => { state.page = Math.max(0, state.page - 1); render(); };
+  $('next').onclick = () => { state.page = Math.min(pages() - 1, state.page + 1); render(); };
+  $('last').onclick = () => { state.page = pages() - 1; render(); };
+  $('csv').onclick = downloadCsv;
+  $('find').onchange = e => find(e.target.value.trim());
+  $('head').onclick = e => {
+    const key = e.target.closest('th')?.dataset.key;
+    if (key) update(key === state.key ? {dir: -state.dir, page: 0} : {key, page: 0});
+  };
+  $('body').onclick = e => { const tr = e.target.closest('tr.ex'); if (tr) showDetail(+tr.dataset.p); };
+  $('detail').onclick = e => { if (e.target === $('detail')) closeDetail(); };
+  document.addEventListener('keydown', e => { if (e.key === 'Escape') closeDetail(); });
+  update({});
+  window.cscoreReport = {firstRowsMs: performance.now(), view: () => view, csvText, update, state};
+}
+setUp();
+</script>
+</body>
+</html>
+'''
 
 
 if __name__ == '__main__':  # after every definition above: main() uses the machinery too

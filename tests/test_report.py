@@ -1,0 +1,164 @@
+"""The report, <name>-report.html: one self-contained page of every example (or, for data too
+large, the extremes of each class), written with the other outputs. What a browser does with it
+is in test_report_browser.py."""
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+
+import mnist
+from conftest import CPU, ROOT
+
+DIGITS_NPZ = ROOT / 'tests' / 'data' / 'digits.npz'
+
+
+def page_data(html):
+  """The JSON the page carries, and its arrays decoded."""
+  text = re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S).group(1)
+  page = json.loads(text.replace('<\\/', '</'))
+  def array(b64, dtype):
+    return np.frombuffer(base64.b64decode(b64), dtype)
+  return page, array
+
+
+def synthetic_estimates(cscores, runs=4):
+  """Estimates whose C-scores are `cscores` (the rest of no matter here)."""
+  n = len(cscores)
+  est = mnist.Estimates(*([None] * len(dataclasses_fields())))
+  ones = np.ones(n)
+  for name, value in dict(ratios=np.array([0.5]), runs=np.array([runs]), heldout_accuracy=np.array([0.9]),
+                          per_ratio=np.array([cscores]), held_out_counts=np.full((1, n), 2),
+                          cscores=np.asarray(cscores, float), standard_error=0.1 * ones,
+                          memorization=0.2 * ones, learning_speed=0.3 * ones,
+                          learning_confidence=0.4 * ones).items():
+    setattr(est, name, value)
+  return est
+
+
+def dataclasses_fields():
+  import dataclasses
+  return dataclasses.fields(mnist.Estimates)
+
+
+# --- What a run writes -------------------------------------------------------------------------
+
+def test_a_run_writes_its_report_at_or_under_20_mb(tiny_run):
+  out, result = tiny_run
+  size = (out / 'mnist-report.html').stat().st_size
+  assert 1_000_000 < size <= 20_000_000
+
+
+def test_the_mnist_report_holds_every_example_with_the_scores_written(tiny_run):
+  out, _ = tiny_run
+  page, array = page_data((out / 'mnist-report.html').read_text())
+  assert page['n'] == 60000 and page['left_out'] == 0
+  np.testing.assert_array_equal(array(page['index'], '<u4'), np.arange(60000))
+  np.testing.assert_array_equal(array(page['columns']['cscore'], '<f4'), np.load(out / 'cscores.npy'))
+  details = np.load(out / 'cscores-details.npz')
+  np.testing.assert_array_equal(array(page['columns']['memorization'], '<f4'),
+                                details['memorization'].astype(np.float32))
+  assert page['shape'] == [28, 28] and len(page['class_names']) == 10
+
+
+def test_the_report_loads_nothing_from_outside_itself(tiny_run):
+  out, _ = tiny_run
+  html = (out / 'mnist-report.html').read_text()
+  scripts = ' '.join(re.findall(r'<script.*?</script>', html, re.S))
+  markup = re.sub(r'<script.*?</script>', '', html, flags=re.S)
+  loaded = re.findall(r'''(?:src|href)\s*=\s*["']?([^"'\s>]+)''', markup) + re.findall(r'url\(([^)]*)\)', markup)
+  assert loaded, 'the pictures are CSS url(data:...) sprite sheets'
+  assert all(u.startswith('data:') for u in loaded), [u[:40] for u in loaded if not u.startswith('data:')]
+  assert '<link' not in markup and '@import' not in markup
+  # the code names no address but SVG's namespace, which is a name, never fetched
+  assert set(re.findall(r'''(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s'"`]*''', scripts)) == {'http://www.w3.org/2000/svg'}
+
+
+def test_the_summary_lists_the_report_with_its_size(tiny_run):
+  out, result = tiny_run
+  line = next(line for line in result.stdout.splitlines() if 'mnist-report.html' in line)
+  size = (out / 'mnist-report.html').stat().st_size
+  assert f'({size / 2**20:.1f} MB)' in line and 'browser' in line
+
+
+def test_each_stored_group_records_its_training_seconds(tiny_run):
+  out, result = tiny_run
+  files = sorted((out / mnist.STORE_DIR).glob('runs-*.npz'))
+  seconds = [float(np.load(f)['seconds']) for f in files]
+  assert len(files) == 4 and all(0 < s < 600 for s in seconds)  # 8 runs, 2 at a time
+
+
+def test_the_report_sums_the_stored_seconds_as_the_training_time(tiny_run):
+  out, _ = tiny_run
+  files = sorted((out / mnist.STORE_DIR).glob('runs-*.npz'))
+  total = round(sum(float(np.load(f)['seconds']) for f in files))
+  page, _ = page_data((out / 'mnist-report.html').read_text())
+  hours, rest = divmod(total, 3600)
+  assert f'training time: {hours}:{rest // 60:02d}:{rest % 60:02d} summed over the groups of 8 runs' in ' '.join(page['facts'])
+
+
+def test_runs_stored_without_seconds_say_their_time_was_not_recorded(tmp_path):
+  store = tmp_path / 'store'
+  store.mkdir()
+  group = mnist.RunGroup(*(a[None] for a in (np.array([True, False]), np.array([True, True]),
+                                             np.array([0., 1.]), np.array([0., 1.]))))
+  name = mnist.save_runs(str(store), 0.5, [0], group, 1, CPU)  # no seconds given: none recorded
+  runs = mnist.load_runs(str(store))
+  config = mnist.Config(runs=1, ratios=(0.5,))
+  assert mnist.training_time_line(runs, config) == 'training time: not recorded (the 1 runs were stored by an older mnist.py)'
+  assert np.isnan(float(np.load(store / name)['seconds']))
+
+
+# --- Data too large to show every picture, and data without pictures ---------------------------
+
+def test_data_too_large_keep_the_lowest_and_highest_scored_of_each_class(tmp_path):
+  data = mnist.npz_data(str(DIGITS_NPZ))
+  n = len(data.y)
+  scores = np.random.default_rng(0).random(n)
+  scores[:5] = np.nan  # left out too: no score to rank
+  html = mnist.report(synthetic_estimates(scores), data, ['facts'], limit=80_000)
+  page, array = page_data(html)
+  shown = array(page['index'], '<u4')
+  assert len(html.encode()) <= 80_000 and 0 < len(shown) < n
+  assert page['left_out'] == n - len(shown)
+  per_side = len(shown) // 20  # as many from each end of each of the 10 classes
+  expected = set()
+  for c in range(10):
+    ranked = sorted((s, i) for i, s in enumerate(scores) if data.y[i] == c and not np.isnan(s))
+    expected |= {i for _, i in ranked[:per_side] + ranked[-per_side:]}
+  assert set(shown.tolist()) == expected
+
+
+def test_data_that_fit_are_all_shown(tmp_path):
+  data = mnist.npz_data(str(DIGITS_NPZ))
+  page, array = page_data(mnist.report(synthetic_estimates(np.linspace(0, 1, len(data.y))), data, []))
+  assert page['left_out'] == 0 and len(array(page['index'], '<u4')) == 1797
+
+
+def test_features_get_the_table_without_pictures(tmp_path):
+  path = tmp_path / 'features.npz'
+  np.savez(path, x=np.random.default_rng(0).normal(size=(40, 3)), y=np.arange(40) % 2)
+  data = mnist.npz_data(str(path))
+  html = mnist.report(synthetic_estimates(np.linspace(0, 1, 40)), data, [])
+  page, _ = page_data(html)
+  assert page['shape'] is None and 'base64,' not in html.split('<script type="application/json"')[0]
+
+
+def test_names_that_close_a_script_tag_stay_inert(tmp_path):
+  path = tmp_path / 'odd.npz'
+  np.savez(path, x=np.zeros((4, 2)), y=[0, 1, 0, 1], class_names=['</script><b>x', 'ok'])
+  html = mnist.report(synthetic_estimates(np.linspace(0, 1, 4)), mnist.npz_data(str(path)), [])
+  assert html.count('</script>') == 2  # the data's and the code's own
+  assert page_data(html)[0]['class_names'][0] == '</script><b>x'
+
+
+@pytest.mark.parametrize('runs, dtype', [(200, '<u1'), (400, '<u2')])
+def test_per_ratio_hits_and_counts_are_exact(runs, dtype):
+  counts = np.array([[3, 250 if runs < 256 else 300, 0]])
+  est = synthetic_estimates(np.array([1 / 3, 0.5, np.nan]), runs)
+  est.held_out_counts, est.per_ratio = counts, np.array([[1 / 3, 0.5, np.nan]])
+  data = mnist.Data('x', np.zeros((3, 2), np.float32), np.array([0, 1, 0]), ('a', 'b'), None)
+  page, array = page_data(mnist.report(est, data, []))
+  assert array(page['hits'], dtype).tolist() == [1, counts[0, 1] // 2, 0]
+  assert array(page['counts'], dtype).tolist() == counts[0].tolist()
