@@ -234,7 +234,7 @@ def load_mnist(data_dir=None, manual_dir=None):
   with native_stderr_silenced():
     import tensorflow_datasets as tfds
   builder = tfds.builder('mnist', data_dir=data_dir)
-  prepare_once(builder, manual_dir)  # downloaded, or from the official files offline
+  builder = prepare_once(builder, manual_dir)  # downloaded, or from the official files offline
   data = tfds.as_numpy(builder.as_dataset(split='train', batch_size=-1, shuffle_files=False))
   images = data['image'].reshape(len(data['image']), -1)
   return images, data['label'].astype(np.int32)
@@ -978,8 +978,8 @@ def extremes_per_class(scores, labels, classes, keep):
   for c in range(classes):
     idx = np.flatnonzero((labels == c) & ~np.isnan(scores))
     ranked = idx[np.argsort(scores[idx], kind='stable')]
-    half = keep // (2 * classes)
-    chosen.append(ranked if len(ranked) <= 2 * half else np.concatenate([ranked[:half], ranked[-half:]]))
+    half = keep // (2 * classes)  # (0 when fewer than two a class fit: none)
+    chosen.append(ranked if len(ranked) <= 2 * half else np.concatenate([ranked[:half], ranked[len(ranked) - half:]]))
   return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
@@ -1004,6 +1004,8 @@ def sprite_sheets(pictures, shape):
 
 
 def encoded(values, dtype):
+  """An array as base64 text of its bytes in `dtype`, little-endian (as JavaScript's typed arrays
+  read them on any current machine)."""
   return base64.b64encode(np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder('<')).tobytes()).decode()
 
 
@@ -1011,7 +1013,7 @@ def report_data(est, data, facts, shown):
   """What the page shows of the examples `shown` (indices), as JSON-ready values: numbers as
   base64 little-endian arrays, pictures as sprite sheets."""
   counts = est.held_out_counts[:, shown]
-  count_type = np.uint8 if counts.max(initial=0) < 256 else np.uint16
+  count_type = next(t for t in (np.uint8, np.uint16, np.uint32) if counts.max(initial=0) <= np.iinfo(t).max)
   hits = np.rint(np.nan_to_num(est.per_ratio[:, shown]) * counts)  # C_r = hits / count, exactly
   page = dict(name=data.name, n=len(data.y), facts=facts, class_names=list(data.class_names),
               label_values=[str(v) for v in (data.label_values or range(len(data.class_names)))],
@@ -1020,7 +1022,8 @@ def report_data(est, data, facts, shown):
               index=encoded(shown, '<u4'), label=encoded(data.y[shown], '<u2'),
               columns={name: encoded(getattr(est, field)[shown], '<f4') for name, field in REPORT_COLUMNS},
               count_type=np.dtype(count_type).name, hits=encoded(hits, count_type),
-              counts=encoded(counts, count_type), shape=None)
+              counts=encoded(counts, count_type), shape=None,
+              unscored=int(np.isnan(est.cscores).sum()))  # of all the examples, shown or not
   if data.shape is not None:
     sheets, (per_sheet, cols) = sprite_sheets(data.x[shown], tuple(data.shape))
     page.update(shape=list(data.shape[:2]), per_sheet=per_sheet, cols=cols)
@@ -1031,7 +1034,7 @@ def report_data(est, data, facts, shown):
 def report_html(page, sheets):
   """The page: REPORT_TEMPLATE (below, with the machinery) with the data and the sheets in it."""
   css = '\n'.join(f'.s{i}{{background-image:url(data:image/png;base64,{s})}}' for i, s in enumerate(sheets))
-  data = json.dumps(page, separators=(',', ':')).replace('</', '<\\/')  # inert inside <script>
+  data = json.dumps(page, separators=(',', ':')).replace('<', '\\u003c')  # no tag inside <script>
   return REPORT_TEMPLATE.replace('/*SHEETS*/', css).replace('/*DATA*/', data)
 
 
@@ -1049,8 +1052,8 @@ def report(est, data, facts, limit=REPORT_LIMIT):
   shown = np.arange(n)
   while True:
     if empty + per_example * len(shown) > limit:  # the extremes of each class, as many as fit
-      keep = min(len(shown) - 1, int(0.98 * (limit - empty) / per_example))
-      shown = extremes_per_class(est.cscores, data.y, len(data.class_names), max(keep, 0))
+      keep = max(0, min(len(shown) - 1, int(0.98 * (limit - empty) / per_example)))
+      shown = extremes_per_class(est.cscores, data.y, len(data.class_names), keep)
     html = page(shown)
     size = len(html.encode())
     if size <= limit or not len(shown):
@@ -1114,9 +1117,8 @@ def write_outputs_and_summarize(args, config, data, store, runs, trained, second
                       f'ratios x seeds {seed_ranges(run_seeds(config))}); '
                       'train them first, or check --runs, --ratios and --seed')
   est = write_outputs(args.out_dir, data, runs, config, process_tag(args))
-  missing = missing_line(runs, config)
-  return (summary_lines(est, runs, config, trained, seconds) + ([missing] if missing else [])
-          + written_lines(args.out_dir, est, data))
+  missing = [line for line in (missing_line(runs, config), rerun_line(store, runs, config)) if line]
+  return summary_lines(est, runs, config, trained, seconds) + missing + written_lines(args.out_dir, est, data)
 
 
 def reliability_line(est):
@@ -1142,11 +1144,13 @@ def training_time_line(runs, config):
   """The training time of the runs in the estimate, summed from the store's records."""
   found = [r for ratio in config.ratios for r in finished_runs(runs, config, ratio)]
   timed = [r.seconds for r in found if not np.isnan(r.seconds)]
+  def runs(count):
+    return f'{count:,} run{"s" if count != 1 else ""}'
   if not timed:
-    return f'training time: not recorded (the {len(found):,} runs were stored by an older mnist.py)'
-  return (f'training time: {datetime.timedelta(seconds=round(sum(timed)))} summed over the groups of '
-          f'{len(timed):,} runs, evaluation included'
-          + (f'; {len(found) - len(timed):,} runs stored by an older mnist.py have no time recorded'
+    return f'training time: not recorded for the {runs(len(found))} in the estimate (stored by an older mnist.py)'
+  return (f'training time: {datetime.timedelta(seconds=round(sum(timed)))}, the store\'s record for '
+          f'{runs(len(timed))}, evaluation included (summed: processes that ran at once each count)'
+          + (f'; {runs(len(found) - len(timed))} stored by an older mnist.py have no time recorded'
              if len(timed) < len(found) else ''))
 
 
@@ -1223,11 +1227,13 @@ def missing_line(runs, config):
     return None
   count = sum(len(s) for s in missing.values())
   return (f'missing: {count} of the command\'s {total} runs are not stored yet ('
-          + '; '.join(f'ratio {r:.2f}: seeds {seed_ranges(s)}' for r, s in missing.items()) + ')')
+          + '; '.join(f'ratio {r:.2f}: seed{"s" if len(s) > 1 else ""} {seed_ranges(s)}'
+                      for r, s in missing.items()) + ')')
 
 
-def shard_lines(runs, config, shard, trained):
-  """A shard's summary: its own runs done and left, and the whole command's."""
+def shard_lines(store, runs, config, shard, trained):
+  """A shard's summary: its own runs done and left, and the whole command's: which are missing,
+  by seeds and by shard."""
   i, n = shard
   share = len(runs_named(config, shard))
   left = sum(len(s) for s in missing_runs(runs, config, shard).values())
@@ -1236,7 +1242,8 @@ def shard_lines(runs, config, shard, trained):
   return [f'shard {i}/{n}: {trained} runs trained now; {share - left} of its {share} runs stored, '
           f'{left} left{" (run the same command again to train them)" if left else ""}',
           f'the command\'s runs stored by all shards: {stored} of {total}; when all are, the same '
-          f'command with --estimate-only in place of --shard {i}/{n} writes the outputs']
+          f'command with --estimate-only in place of --shard {i}/{n} writes the outputs'] + [
+              line for line in (missing_line(runs, config), rerun_line(store, runs, config)) if line]
 
 
 def written_lines(out_dir, est, data):
@@ -1265,6 +1272,8 @@ INTERRUPTED = 'interrupted: finished runs are kept in the store; run the same co
 
 def main(argv=None):
   config, args = parse_args(argv)
+  with contextlib.suppress(AttributeError, ValueError):  # each line as it is printed, in a log file too
+    sys.stdout.reconfigure(line_buffering=True)
   start = time.perf_counter()
   try:
     load_data = data_loader(args)
@@ -1277,7 +1286,7 @@ def main(argv=None):
       store, runs = open_and_load_store(args, config, data)
       trained, interrupted = train_share(args, config, data, store, runs)
       if args.shard:  # a shard's own summary, with the runs the other shards stored meanwhile
-        lines = shard_lines(load_runs(store), config, args.shard, trained)
+        lines = shard_lines(store, load_runs(store), config, args.shard, trained)
       else:
         lines = write_outputs_and_summarize(args, config, data, store, runs, trained,
                                             time.perf_counter() - start, interrupted)
@@ -1320,12 +1329,29 @@ MNIST_HOST = 'storage.googleapis.com'  # where tfds downloads MNIST from
 
 def prepare_once(builder, manual_dir):
   """Prepares the tfds builder's data set unless it is prepared: one line of ours instead of
-  tfds' bars and notes, and a one-line error offline or on a bad file."""
+  tfds' bars and notes, and a one-line error offline or on a bad file. Processes that start at
+  once on a fresh data dir (a job array's shards) take turns: the first prepares it, the others
+  wait and read it. Returns the builder to read: a new one if another process prepared it (a
+  builder made before knows no splits)."""
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
   logging.getLogger('absl').setLevel(logging.ERROR)
   if builder.is_prepared():
-    return
+    return builder
+  root = str(builder.data_dir)[:-len(builder.info.full_name) - 1]  # DATA_DIR/mnist/3.0.1
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, '.cscore-prepare.lock'), 'a+') as turn:
+    while not try_lock(turn, True):  # the OS drops it with its holder, even on kill -9
+      time.sleep(1)
+    if builder.is_prepared():  # by another process, while this one waited
+      name_and_config = builder.info.full_name.rsplit('/', 1)[0]
+      return tfds.builder(f'{name_and_config}:{builder.version}', data_dir=root)
+    prepare(builder, manual_dir)
+  return builder
+
+
+def prepare(builder, manual_dir):
+  """Downloads and prepares the data set (MNIST from manual_dir's official files, if given)."""
   name = 'MNIST' if builder.name == 'mnist' else builder.name
   print(f'preparing {name} in {builder.data_dir} (once)', flush=True)
   config = mnist_download_config(manual_dir)
@@ -1413,7 +1439,7 @@ def check_train_split_fits(name, builder, image):
 
 def tfds_data(name, builder, image, label):
   """The train split of a checked tfds builder, prepared once (downloaded), in tfds' order."""
-  prepare_once(builder, None)
+  builder = prepare_once(builder, None)
   check_train_split_fits(name, builder, image)  # before loading it whole
   x, y = [], []
   for batch in builder.as_dataset(split='train', shuffle_files=False).batch(10_000).as_numpy_iterator():
@@ -1860,7 +1886,7 @@ def open_store(out_dir, settings, fresh=False, tag=''):
   clear_leftovers(out_dir, path, tag)
   if fresh:
     for name in os.listdir(path):
-      if name.endswith('.npz') or name == SETTINGS_FILE:
+      if name.endswith('.npz') or name == SETTINGS_FILE or name.startswith('shards-'):
         os.unlink(os.path.join(path, name))
   if not os.path.exists(settings_path):
     if any(name.startswith('runs-') for name in os.listdir(path)):
@@ -1892,7 +1918,10 @@ def open_and_load_store(args, config, data):
     print(f'merged {copied} runs into {store}' + (
         f'; {elsewhere} runs it held were trained again on other hardware there: its own records '
         'are kept' if elsewhere else ''))
-  return store, load_runs(store)
+  runs = load_runs(store)
+  if args.estimate_only or args.merge:
+    check_protocol(store, runs, config)
+  return store, runs
 
 
 def run_file_name(ratio, seeds):
@@ -2112,6 +2141,68 @@ def planned_groups(config, done, k, shard=None):
   return [g[j] for j in range(rounds) for g in per_ratio if j < len(g)]
 
 
+# The protocol shards were started for, recorded in the store by the first shard of each
+# (shards-<N>-<hash>.json): later commands then know N, name missing runs by shard, and refuse
+# an estimate whose --runs, --ratios or --seed drifted from the shards'.
+
+def shard_protocol(config, n):
+  return dict(shards=n, runs=config.runs, ratios=[ratio_key(r) for r in config.ratios], seed=config.seed)
+
+
+def record_shards(store, config, n, tag=''):
+  """Records that shards of N = n were started on the store for the command's runs; once."""
+  protocol = shard_protocol(config, n)
+  digest = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:8]
+  create_exclusively(os.path.join(store, f'shards-{n}-{digest}.json'), json.dumps(protocol), tag)
+
+
+def shard_records(store):
+  """[protocol] of the shards started on the store, in the order they were recorded."""
+  records = []
+  for name in os.listdir(store):
+    if name.startswith('shards-') and name.endswith('.json'):
+      path = os.path.join(store, name)
+      try:
+        with open(path) as f:
+          records.append((os.path.getmtime(path), name, json.load(f)))
+      except (OSError, ValueError) as e:
+        raise CScoreError(f'{path} is unreadable ({first_line(e)}); delete it: the next shard writes it again') from e
+  return [protocol for *_, protocol in sorted(records, key=lambda r: r[:2])]
+
+
+def protocol_flags(protocol):
+  return (f'--runs {protocol["runs"]} --ratios {",".join(f"{r:g}" for r in protocol["ratios"])} '
+          f'--seed {protocol["seed"]}')
+
+
+def check_protocol(store, runs, config):
+  """Refuses, in one line, an --estimate-only or --merge that names runs neither stored nor asked
+  of the store's shards: another --runs, --ratios or --seed than theirs."""
+  records = shard_records(store)
+  asked = {(ratio_key(r), s) for p in records for r in p['ratios'] for s in range(p['seed'], p['seed'] + p['runs'])}
+  stray = [(r, s) for r, s in runs_named(config) if (ratio_key(r), s) not in asked and (ratio_key(r), s) not in runs]
+  if records and stray:
+    started = '; '.join(f'{protocol_flags(p)} (N = {p["shards"]})' for p in records)
+    raise CScoreError(f'this command names {len(stray)} runs that the store\'s shards were never started '
+                      f'for ({protocol_flags(shard_protocol(config, 0))}), but they were started with '
+                      f'{started}: give it the shards\' --runs, --ratios and --seed')
+
+
+def rerun_line(store, runs, config):
+  """Which shards (of the last N started on the store) hold the command's missing runs, and the
+  commands that train them and then write the outputs; None if none are missing or no shards
+  were started."""
+  records, missing = shard_records(store), missing_runs(runs, config)
+  if not records or not missing:
+    return None
+  n = records[-1]['shards']
+  shards = ','.join(map(str, sorted({shard_of(r, s, n) for r, seeds in missing.items() for s in seeds})))
+  return (f'missing by shard (N = {n}): {shards.replace(",", ", ")}. If they are not running, run them '
+          f'again: in the job array of docs/scale.md, sbatch --array={shards} cscores.sbatch; by hand, '
+          f'the same command with --shard I/{n} for each. Then the estimate again, after them '
+          '(with sbatch, a new dependency on the new job)')
+
+
 def merge_stores(store, sources, settings, tag=''):
   """Copies into `store` the runs of other out-dirs' stores that it lacks, each file landing
   atomically; returns (runs copied, runs both hold from different hardware: the store keeps its
@@ -2123,6 +2214,10 @@ def merge_stores(store, sources, settings, tag=''):
     if not os.path.isfile(os.path.join(path, SETTINGS_FILE)):
       raise CScoreError(f'--merge {source}: no results store there ({os.path.join(path, SETTINGS_FILE)} is missing)')
     check_settings(path, settings)
+    for name in os.listdir(path):  # the protocols its shards were started for
+      if name.startswith('shards-') and name.endswith('.json'):
+        with open(os.path.join(path, name)) as f:
+          create_exclusively(os.path.join(store, name), f.read(), tag)
     for name in run_files(path):
       found = read_run_file(os.path.join(path, name))
       new = [(ratio, seed, run) for ratio, seed, run in found if (ratio_key(ratio), seed) not in have]
@@ -2181,9 +2276,47 @@ def prepared_ahead(groups, prepare):
     pool.shutdown(wait=False, cancel_futures=True)
 
 
+class LogLines:
+  """Progress where stderr is a file (a batch job's log): a plain line when a group finishes, at
+  most once a minute and always at the last, with the share of the work done and the ETA at the
+  mean rate so far. A bar's carriage-return frames would pile up in the file."""
+
+  def __init__(self, total, every=60.0):
+    self.total, self.every, self.done, self.start, self.last = total, every, 0, time.perf_counter(), None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def update(self, amount):
+    self.done += amount
+
+  def set_description(self, text):
+    """Called as each group begins (nothing done yet) and ends: prints at an end, if due."""
+    now = time.perf_counter()
+    if not self.done or (self.done < self.total and self.last is not None and now - self.last < self.every):
+      return
+    self.last, elapsed = now, now - self.start
+    left = elapsed * (self.total - self.done) / self.done
+    print(f'{text}: {100 * self.done / self.total:.0f}% of the work, '
+          f'{datetime.timedelta(seconds=round(elapsed))} elapsed, about '
+          f'{datetime.timedelta(seconds=round(left))} left', file=sys.stderr, flush=True)
+
+
+def progress_bar(total):
+  """A bar (tqdm) on a terminal, plain lines in a file; `total` work in MFLOP."""
+  if not sys.stderr.isatty():
+    return LogLines(total)
+  return tqdm(total=total, unit_scale=1e-6, dynamic_ncols=True, smoothing=0.1,
+              bar_format='{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}]')
+
+
 def train_missing_runs(trainer, store, runs, groups, tag=''):
   """Trains the groups, saving each to the store and `runs` as it finishes, under a progress
-  bar; Ctrl-C stops it, keeping what is finished. Returns (models trained, interrupted).
+  bar (in a log file, a line a minute); Ctrl-C stops it, keeping what is finished. Returns
+  (models trained, interrupted).
 
   The bar counts work, not models: a model's training FLOPs grow with its ratio (one at 0.9
   costs about 6.5 times one at 0.1, evaluation included), so counting models would make the ETA
@@ -2194,8 +2327,7 @@ def train_missing_runs(trainer, store, runs, groups, tag=''):
   models, trained = sum(len(seeds) for _, seeds in groups), 0
   for k in sorted({len(seeds) for _, seeds in groups}):
     trainer.warm_up(k)  # compile first: the bar then times only the work
-  with tqdm(total=sum(map(sum, steps)), unit_scale=1e-6, dynamic_ncols=True, smoothing=0.1,
-            bar_format='{desc}{percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} TFLOP [{elapsed}<{remaining}]') as bar:
+  with progress_bar(sum(map(sum, steps))) as bar:
     try:
       prepare = functools.partial(group_work, config, n)
       for ((ratio, seeds), work), work_steps in zip(prepared_ahead(groups, prepare), steps):
@@ -2223,6 +2355,8 @@ def train_share(args, config, data, store, runs):
   check_gpu_precision(config)
   if warning := gpu_unseen_warning():
     print(warning, file=sys.stderr)
+  if args.shard:
+    record_shards(store, config, args.shard[1], process_tag(args))
   k = min(config.models_at_once, config.runs) or default_models_at_once(config.runs, config, len(data.y))
   groups = planned_groups(config, runs, k, args.shard)
   todo, planned = sum(len(seeds) for _, seeds in groups), len(runs_named(config, args.shard))
@@ -2585,7 +2719,7 @@ tr.ex:hover { background: #eef3ff; }
 <span id="message"></span>
 </div>
 <p id="rule"></p>
-<table id="table"><thead><tr id="head"></tr></thead><tbody id="body"></tbody></table>
+<table id="table"><thead><tr id="table-head"></tr></thead><tbody id="table-body"></tbody></table>
 </section>
 <div id="detail"><div id="detail-body"></div></div>
 <script type="application/json" id="data">/*DATA*/</script>
@@ -2599,9 +2733,9 @@ function decode(text, Type) {
   for (let i = 0; i < s.length; i++) bytes[i] = s.charCodeAt(i);
   return new Type(bytes.buffer);
 }
-const COUNTS = {uint8: Uint8Array, uint16: Uint16Array};
+const COUNTS = {uint8: Uint8Array, uint16: Uint16Array, uint32: Uint32Array};
 const index = decode(D.index, Uint32Array), label = decode(D.label, Uint16Array);
-const m = index.length, L = D.ratios.length;
+const m = index.length;
 const hits = decode(D.hits, COUNTS[D.count_type]), counts = decode(D.counts, COUNTS[D.count_type]);
 const col = {};
 for (const name in D.columns) col[name] = decode(D.columns[name], Float32Array);
@@ -2641,7 +2775,7 @@ function esc(text) {
 function fmt(v, digits = 3) { return Number.isNaN(v) ? '<span class="none">no score</span>' : v.toFixed(digits); }
 function picture(p, size) {
   if (!D.shape) return '';
-  const [h, w] = D.shape, z = Math.max(1, size / Math.max(h, w)), slot = p % D.per_sheet;
+  const [h, w] = D.shape, z = Math.max(1, Math.floor(size / Math.max(h, w))), slot = p % D.per_sheet;
   const r = Math.floor(slot / D.cols), c = slot % D.cols;
   return `<span class="pic s${Math.floor(p / D.per_sheet)}" style="width:${w * z}px;height:${h * z}px;` +
          `background-size:${D.cols * w * z}px auto;background-position:-${c * w * z}px -${r * h * z}px"></span>`;
@@ -2663,7 +2797,7 @@ const COLUMNS = [
   ['index', 'example #'], ['class', 'class'], ['cscore', 'C-score \u00b1 s.e.'], ['memorization', 'memorization'],
   ['learning_speed', 'learning speed'], ['learning_confidence', 'learning confidence']];
 function renderHead() {
-  $('head').innerHTML = (D.shape ? '<th></th>' : '') + COLUMNS.map(([key, name]) => {
+  $('table-head').innerHTML = (D.shape ? '<th></th>' : '') + COLUMNS.map(([key, name]) => {
     const sortable = key in KEY, arrow = key === state.key ? (state.dir > 0 ? ' \u25b2' : ' \u25bc') : '';
     return `<th${sortable ? ` data-key="${key}" title="sort by ${esc(name)}"` : ''}>${esc(name)}${arrow}</th>`;
   }).join('');
@@ -2672,14 +2806,14 @@ function row(p) {
   const cs = col.cscore[p];
   return `<tr class="ex" data-p="${p}" data-index="${index[p]}">` + (D.shape ? `<td>${picture(p, 56)}</td>` : '') +
     `<td>${index[p]}</td><td>${esc(className(p))}</td>` +
-    `<td data-value="${cs}">${Number.isNaN(cs) ? fmt(cs) : `${cs.toFixed(3)} \u00b1 ${col.standard_error[p].toFixed(3)}`}</td>` +
+    `<td>${Number.isNaN(cs) ? fmt(cs) : `${cs.toFixed(3)} \u00b1 ${col.standard_error[p].toFixed(3)}`}</td>` +
     ['memorization', 'learning_speed', 'learning_confidence'].map(k => `<td>${fmt(col[k][p])}</td>`).join('') + '</tr>';
 }
 function pages() { return Math.max(1, Math.ceil(view.length / state.rows)); }
 function render() {
   state.page = Math.min(state.page, pages() - 1);
   const start = state.page * state.rows;
-  $('body').innerHTML = Array.from(view.subarray(start, start + state.rows), row).join('');
+  $('table-body').innerHTML = Array.from(view.subarray(start, start + state.rows), row).join('');
   $('count').textContent = `${view.length.toLocaleString('en')} examples` +
     (unscoredInView ? `, ${unscoredInView.toLocaleString('en')} without a ${KEY[state.key].name.split(' (')[0]} (last)` : '');
   $('page').textContent = `page ${state.page + 1} of ${pages()}`;
@@ -2697,13 +2831,20 @@ function update(changes) {
 
 // CSV of the whole view, in its order.
 const CSV_HEAD = ['index', 'label', 'class', 'cscore', 'standard_error', 'memorization', 'learning_speed', 'learning_confidence'];
-function csvField(text) { return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text; }
+function csvField(text) {
+  text = String(text);
+  if (/^[=+\-@]/.test(text) && Number.isNaN(Number(text))) text = "'" + text;  // not a spreadsheet formula
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
 function csvText() {
-  const lines = [CSV_HEAD.join(',')];
+  const extra = CSV_HEAD.includes(state.key) ? null : state.key;  // a difference: its own column too
+  const lines = [CSV_HEAD.concat(extra ? [extra] : []).join(',')];
+  const number = x => Number.isNaN(x) ? 'nan' : x.toPrecision(7);
   for (const p of view) {
-    const v = k => Number.isNaN(col[k][p]) ? 'nan' : col[k][p].toPrecision(7);
+    const v = k => number(col[k][p]);
     lines.push([index[p], csvField(D.label_values[label[p]]), csvField(className(p)),
-                v('cscore'), v('standard_error'), v('memorization'), v('learning_speed'), v('learning_confidence')].join(','));
+                v('cscore'), v('standard_error'), v('memorization'), v('learning_speed'), v('learning_confidence')]
+               .concat(extra ? [number(KEY[extra].values[p])] : []).join(','));
   }
   return lines.join('\n') + '\n';
 }
@@ -2763,7 +2904,7 @@ function histogram() {
 function curve(el, xs, ys, ylabel, y0) {
   const points = xs.map((x, i) => [x, ys[i]]).filter(([, y]) => y !== null && !Number.isNaN(y));
   const low = Math.min(y0 ?? 1, ...points.map(([, y]) => y));
-  const bottom = Math.floor(low * 10) / 10;
+  const bottom = Math.min(0.9, Math.floor(low * 10) / 10);
   const ticks = [];
   for (let v = bottom; v <= 1.0001; v += (1 - bottom > 0.5 ? 0.25 : 0.1)) ticks.push(+v.toFixed(2));
   const [X, Y] = axes(el, [0.1, 0.3, 0.5, 0.7, 0.9], ticks, 'subset ratio', ylabel, 0.05, 0.95, bottom, 1);
@@ -2814,9 +2955,9 @@ function setUp() {
     ? `This page shows ${m.toLocaleString('en')} of them, the lowest- and highest-scored of each class: all of them would make it too large. ` +
       `The scores of the other ${D.left_out.toLocaleString('en')} are in cscores.npy and cscores-details.npz.`
     : 'Every example is here. Sort, filter by class, click one to see it large, and download the view as CSV.';
-  let unscored = 0;
-  for (let p = 0; p < m; p++) unscored += Number.isNaN(col.cscore[p]);
-  $('facts').innerHTML = D.facts.concat(unscored ? [`${unscored.toLocaleString('en')} examples have no C-score: at every ratio, no run held them out (too few runs). They show "no score" and sort last.`] : [])
+  const unscored = D.unscored;
+  $('facts').innerHTML = D.facts.concat(unscored ? [`${unscored.toLocaleString('en')} examples have no C-score: at every ratio, no run held them out (too few runs).` +
+    (D.left_out ? ' They are among those left out of this page.' : ' They show "no score" and sort last.')] : [])
     .map(f => `<li>${esc(f)}</li>`).join('');
   curve($('curve'), D.ratios, D.heldout_accuracy, 'held-out accuracy');
   $('class').innerHTML = '<option value="-1">all</option>' + D.class_names.map((c, i) => `<option value="${i}">${esc(c)}</option>`).join('');
@@ -2832,11 +2973,11 @@ function setUp() {
   $('last').onclick = () => { state.page = pages() - 1; render(); };
   $('csv').onclick = downloadCsv;
   $('find').onchange = e => find(e.target.value.trim());
-  $('head').onclick = e => {
+  $('table-head').onclick = e => {
     const key = e.target.closest('th')?.dataset.key;
     if (key) update(key === state.key ? {dir: -state.dir, page: 0} : {key, page: 0});
   };
-  $('body').onclick = e => { const tr = e.target.closest('tr.ex'); if (tr) showDetail(+tr.dataset.p); };
+  $('table-body').onclick = e => { const tr = e.target.closest('tr.ex'); if (tr) showDetail(+tr.dataset.p); };
   $('detail').onclick = e => { if (e.target === $('detail')) closeDetail(); };
   document.addEventListener('keydown', e => { if (e.key === 'Escape') closeDetail(); });
   update({});

@@ -1,9 +1,12 @@
 """The whole script on the real MNIST, with a tiny protocol: outputs, resume, scores."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import mnist
-from conftest import random_group, tiny_argv
+from conftest import ROOT, random_group, tiny_argv
 
 
 def test_script_writes_scores_for_every_training_example(tiny_run):
@@ -70,6 +73,19 @@ def test_a_first_run_says_it_prepares_mnist_in_one_line_of_its_own_and_none_of_t
     assert tfds_line not in result.stdout + result.stderr
 
 
+def test_processes_starting_together_on_a_fresh_data_dir_prepare_mnist_once_and_all_read_it(manual_dir, tmp_path):
+  # a job array's shards, started at once on a data dir where MNIST was never prepared
+  code = (f'import sys; sys.path.insert(0, {str(ROOT)!r}); import mnist\n'
+          f'x, y = mnist.load_mnist({str(tmp_path)!r}, {str(manual_dir)!r}); print(len(y), int(y[:100].sum()))')
+  started = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+  results = [(p.communicate(timeout=600), p.returncode) for p in started]
+  assert [code for _, code in results] == [0, 0], [err for (_, err), _ in results]
+  lines = [line for (out, _), _ in results for line in out.splitlines()]
+  assert sum(line.startswith('preparing MNIST') for line in lines) == 1
+  assert len({line for line in lines if not line.startswith('preparing')}) == 1  # one data set read
+
+
 def test_the_opening_line_names_the_device_k_and_the_precision(tiny_run):
   opening = tiny_run[1].stdout.splitlines()[1]
   for words in ('60000 examples', '2 ratios x 4 runs', '8 to train', '2 at a time', 'CPU',
@@ -109,6 +125,35 @@ def test_the_progress_steps_are_each_epoch_then_the_evaluation_in_whole_mflop():
   assert mnist.group_steps(mnist.Config(epochs=3), 60000, 0.9, 8) == [1_040_007, 1_040_007, 1_040_008, 513_638]
 
 
+def test_progress_in_a_log_file_is_a_line_a_minute_and_at_the_end_with_its_eta(monkeypatch, capsys):
+  now = [0.0]
+  monkeypatch.setattr(mnist.time, 'perf_counter', lambda: now[0])
+  log = mnist.LogLines(total=100)
+  for group, end in enumerate([10.0, 40.0, 75.0, 80.0]):  # the seconds at which each group ends
+    log.set_description(f'group {group}')
+    log.update(25)
+    now[0] = end
+    log.set_description(f'{group + 1} groups done')
+  lines = capsys.readouterr().err.splitlines()
+  # the first group's end; the second's only 30 s later is skipped; the third's 65 s after the
+  # first's, 75% done in 75 s, so 25 s left; the last always.
+  assert lines == ['1 groups done: 25% of the work, 0:00:10 elapsed, about 0:00:30 left',
+                   '3 groups done: 75% of the work, 0:01:15 elapsed, about 0:00:25 left',
+                   '4 groups done: 100% of the work, 0:01:20 elapsed, about 0:00:00 left']
+
+
+def test_a_run_whose_stderr_is_a_file_logs_lines_without_carriage_returns(tiny_run):
+  _, result = tiny_run
+  assert '\r' not in result.stderr
+  assert result.stderr.splitlines()[-1].startswith('ratio 0.90, 8/8 models done: 100% of the work, ')
+
+
+def test_one_missing_seed_reads_seed_not_seeds():
+  config = mnist.Config(ratios=(0.5,), runs=8)
+  runs = {(0.5, s): None for s in range(8) if s != 7}
+  assert mnist.missing_line(runs, config) == 'missing: 1 of the command\'s 8 runs are not stored yet (ratio 0.50: seed 7)'
+
+
 def test_the_progress_bar_advances_by_each_step_and_ends_at_its_total(tmp_path, monkeypatch):
   config = mnist.Config(ratios=(0.1, 0.9), runs=2, epochs=3)
   bars = []
@@ -138,7 +183,7 @@ def test_the_progress_bar_advances_by_each_step_and_ends_at_its_total(tmp_path, 
       on_step(i)
     return random_group(len(seeds), n=100)
 
-  monkeypatch.setattr(mnist, 'tqdm', Bar)
+  monkeypatch.setattr(mnist, 'progress_bar', Bar)
   monkeypatch.setattr(mnist, 'train_run_group', fake_group)
   store = mnist.open_store(str(tmp_path), mnist.store_settings(config, 'x'))
   mnist.train_missing_runs(Trainer(), store, {}, mnist.planned_groups(config, {}, 2))

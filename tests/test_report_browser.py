@@ -9,6 +9,7 @@ import csv
 import io
 import os
 import pathlib
+import re
 import sys
 import time
 
@@ -56,7 +57,7 @@ def choose(driver, select_id, value):
 
 
 def shown_indices(driver):
-  return driver.execute_script("return Array.from(document.querySelectorAll('#body tr.ex'), tr => +tr.dataset.index)")
+  return driver.execute_script("return Array.from(document.querySelectorAll('#table-body tr.ex'), tr => +tr.dataset.index)")
 
 
 def view_indices(driver):
@@ -80,7 +81,7 @@ def test_it_opens_from_a_file_offline_without_console_errors(report):
   assert driver.execute_script('return navigator.onLine') is False
   assert len(shown_indices(driver)) == 100
   by_id(driver, 'mislabeled').click()
-  driver.find_element('css selector', '#body tr.ex').click()
+  driver.find_element('css selector', '#table-body tr.ex').click()
   assert errors(driver) == []
   fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
   assert [u for u in fetched if not u.startswith(('data:', 'blob:'))] == []
@@ -95,7 +96,7 @@ def test_all_60000_examples_are_reached_page_by_page(report):
     const pages = [], seen = [];
     for (let i = 0; i < 60; i++) {
       pages.push(document.getElementById('page').textContent);
-      document.querySelectorAll('#body tr.ex').forEach(tr => seen.push(+tr.dataset.index));
+      document.querySelectorAll('#table-body tr.ex').forEach(tr => seen.push(+tr.dataset.index));
       document.getElementById('next').click();
     }
     return [pages, seen];''')
@@ -137,7 +138,7 @@ def test_the_class_filter_shows_that_class_only(report, labels):
   choose(driver, 'class', 7)
   assert by_id(driver, 'count').text.startswith(f'{(labels == 7).sum():,} examples')
   assert set(labels[view_indices(driver)]) == {7}
-  cells = driver.execute_script("return Array.from(document.querySelectorAll('#body tr.ex td:nth-child(3)'), td => td.textContent)")
+  cells = driver.execute_script("return Array.from(document.querySelectorAll('#table-body tr.ex td:nth-child(3)'), td => td.textContent)")
   assert set(cells) == {'7'}
 
 
@@ -169,7 +170,7 @@ def test_an_example_without_a_score_shows_no_score_and_they_are_counted(report):
   assert unscored > 0, 'the tiny run leaves some examples never held out'
   assert by_id(driver, 'count').text == f'60,000 examples, {unscored:,} without a C-score (last)'
   by_id(driver, 'last').click()
-  cells = driver.execute_script("return Array.from(document.querySelectorAll('#body tr.ex td:nth-child(4)'), td => td.textContent)")
+  cells = driver.execute_script("return Array.from(document.querySelectorAll('#table-body tr.ex td:nth-child(4)'), td => td.textContent)")
   assert cells and set(cells) == {'no score'}
   assert f'{unscored:,} examples have no C-score' in by_id(driver, 'facts').text
 
@@ -178,7 +179,7 @@ def test_a_click_shows_the_example_large_with_its_score_at_each_ratio(report, la
   driver, details = report
   first = labels[0]
   choose(driver, 'key', 'index')
-  driver.find_element('css selector', '#body tr.ex[data-index="0"]').click()
+  driver.find_element('css selector', '#table-body tr.ex[data-index="0"]').click()
   body = by_id(driver, 'detail-body')
   assert body.is_displayed() and body.text.startswith(f'Example #0: class {first}\n')
   rows = driver.execute_script("return Array.from(document.querySelectorAll('#detail-body tr'), tr => tr.textContent)")
@@ -186,6 +187,11 @@ def test_a_click_shows_the_example_large_with_its_score_at_each_ratio(report, la
   for ratio, text in zip((0.5, 0.9), per_ratio):
     j = list(details['ratios']).index(ratio)
     count, score = details['held_out_counts'][j, 0], details['per_ratio'][j, 0]
-    assert text == (f'{ratio}{score:.3f}{round(score * count)} of {count}' if count else f'{ratio}no scorenone held it out')
+    if not count:
+      assert text == f'{ratio}no scorenone held it out'
+      continue
+    shown = re.fullmatch(rf'{ratio}(\d\.\d{{3}})(\d+) of (\d+)', text)
+    assert shown and abs(float(shown[1]) - score) <= 0.0005 + 1e-9
+    assert (int(shown[2]), int(shown[3])) == (round(score * count), count)
   size = driver.execute_script("const s = document.querySelector('#detail-body .pic'); return [s.offsetWidth, s.offsetHeight]")
   assert size[0] == size[1] >= 224

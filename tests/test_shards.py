@@ -1,5 +1,6 @@
 """Many processes, one protocol: shards that share a store (or merge theirs), never train a run
 twice, refuse what would mix, and end with the outputs of one unsharded process, bit for bit."""
+import json
 import os
 import pathlib
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -248,10 +250,78 @@ def test_estimate_only_writes_what_is_stored_and_lists_what_is_missing(sharded, 
 def test_estimate_only_on_a_store_without_the_commands_runs_is_one_line_and_exit_1(
     sharded, mnist_data_dir, tmp_path, capsys):
   shutil.copytree(sharded[0] / mnist.STORE_DIR, tmp_path / mnist.STORE_DIR)
+  for record in (tmp_path / mnist.STORE_DIR).glob('shards-*.json'):
+    record.unlink()  # as an unsharded run's store: nothing says which runs it was meant to hold
   argv = [*tiny_argv(mnist_data_dir, tmp_path), '--estimate-only', '--seed', '100']
   assert mnist.main(argv) == 1
   err = capsys.readouterr().err
   assert err.count('\n') == 1 and 'holds none of the runs this command names' in err
+
+
+# --- What the shards were started for, and which to run again -----------------------------------
+
+def shard_by_spec(ratio, seed, n):
+  """docs/scale.md: run s at ratio r belongs to shard (s + crc32(r)) mod N."""
+  return (seed + zlib.crc32(f'{ratio:.6f}'.encode())) % n
+
+
+def test_the_first_shard_records_n_and_the_protocol_in_the_store(sharded):
+  out, _ = sharded
+  (record,) = (out / mnist.STORE_DIR).glob('shards-*.json')
+  assert record.name.startswith('shards-2-')
+  assert json.loads(record.read_text()) == dict(shards=2, runs=4, ratios=[0.5, 0.9], seed=0)  # TINY's
+
+
+@pytest.mark.parametrize('drift', [[], ['--runs', '8'], ['--ratios', '0.5,0.8'], ['--seed', '2']])
+def test_an_estimate_naming_runs_the_shards_were_never_started_for_is_one_line(
+    sharded, mnist_data_dir, tmp_path, capsys, drift):
+  shutil.copytree(sharded[0] / mnist.STORE_DIR, tmp_path / mnist.STORE_DIR)
+  argv = ['--data-dir', str(mnist_data_dir), '--out-dir', str(tmp_path), '--epochs', '1', '--estimate-only',
+          *(['--runs', '4', '--ratios', '0.5,0.9'] if drift else []), *drift]  # []: the default 200 x 9
+  assert mnist.main(argv) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1
+  assert 'were never started for' in err and 'started with --runs 4 --ratios 0.5,0.9 --seed 0 (N = 2)' in err
+  assert not (tmp_path / 'cscores.npy').exists()
+
+
+def test_an_estimate_of_fewer_runs_than_the_shards_were_started_for_is_not_refused(sharded, mnist_data_dir, tmp_path):
+  shutil.copytree(sharded[0] / mnist.STORE_DIR, tmp_path / mnist.STORE_DIR)
+  argv = [*tiny_argv(mnist_data_dir, tmp_path), '--estimate-only', '--runs', '2', '--ratios', '0.9']
+  assert mnist.main(argv) == 0
+
+
+def test_the_missing_runs_are_named_by_shard_and_rerunning_those_shards_completes_the_store(
+    sharded, tiny_run, mnist_data_dir, tmp_path, capsys):
+  shutil.copytree(sharded[0] / mnist.STORE_DIR, tmp_path / mnist.STORE_DIR)
+  lost = [f for f in mnist.run_files(tmp_path / mnist.STORE_DIR)
+          if any(r == 0.9 and s == 1 for r, s, _ in mnist.read_run_file(tmp_path / mnist.STORE_DIR / f))]
+  for name in lost:  # the file holding run 1 at ratio 0.9, as if its shard had died before it
+    os.unlink(tmp_path / mnist.STORE_DIR / name)
+  gone = {(r, s) for r, s in [(0.5, s) for s in range(4)] + [(0.9, s) for s in range(4)]} - set(stored(tmp_path))
+  expected = sorted({shard_by_spec(r, s, 2) for r, s in gone})
+  assert mnist.main([*tiny_argv(mnist_data_dir, tmp_path), '--estimate-only']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  by_shard = [line for line in lines if line.startswith('missing by shard')]
+  shards = ','.join(map(str, expected))
+  assert len(by_shard) == 1 and by_shard[0].startswith(f'missing by shard (N = 2): {shards.replace(",", ", ")}.')
+  assert f'sbatch --array={shards} cscores.sbatch' in by_shard[0]
+  for i in expected:  # run them again as the line says, then the estimate
+    assert mnist.main(shard_argv(mnist_data_dir, tmp_path, f'{i}/2', k=2)) == 0
+  capsys.readouterr()
+  assert mnist.main([*tiny_argv(mnist_data_dir, tmp_path), '--estimate-only']) == 0
+  assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith('missing')]
+  assert_same_outputs(tmp_path, tiny_run[0])
+
+
+def test_a_shards_summary_names_the_commands_missing_runs_by_seed_and_by_shard(tmp_path):
+  store = str(tmp_path)
+  config = mnist.Config(ratios=(0.5,), runs=4)
+  mnist.record_shards(store, config, 2)
+  runs = {(0.5, s): None for s in (0, 1, 2)}  # run 3 is missing
+  lines = mnist.shard_lines(store, runs, config, (0, 2), trained=2)
+  assert 'missing: 1 of the command\'s 4 runs are not stored yet (ratio 0.50: seed 3)' in lines
+  assert any(line.startswith(f'missing by shard (N = 2): {shard_by_spec(0.5, 3, 2)}.') for line in lines)
 
 
 def test_estimate_only_without_a_store_is_one_line_and_exit_1(mnist_data_dir, tmp_path, capsys):
