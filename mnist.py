@@ -32,7 +32,9 @@ estimator) and differs from it in how the work is done:
 From the same runs, at no extra training: standard errors, split-half reliability,
 memorization (Feldman & Zhang, 2020) and the paper's cheap proxies of the C-score, how fast and
 how confidently each example is learned while it is trained on (recorded during training from
-the forward pass each step computes anyway).
+the forward pass each step computes anyway), and a combined score: the C-score shrunk toward
+what learning confidence predicts, by its own noise, which ranks the hard examples better at a
+small budget.
 
 Sections, top to bottom. The method:
   Settings                the paper's defaults, which the command line overrides
@@ -41,7 +43,8 @@ Sections, top to bottom. The method:
   Subsets and batch order the authors' random draws, run by run
   Model                   the MLP: initialisation, forward pass, loss and its gradient
   Training step           SGD with momentum for K models in lockstep, and the learning record
-  Estimator               C-score, standard error, memorization, split-half reliability, proxies
+  Estimator               C-score, standard error, memorization, split-half reliability, proxies,
+                          and the combined score of the C-score and learning confidence
   Figures
   Report                  every example in one HTML page: what it shows, and how it fits
   Outputs and summaries
@@ -706,29 +709,48 @@ def runs_for_reliability(est, target):
   return max(2, int(np.ceil(round(runs * factor, 6))))  # (rounded: 110.00000000000001 is 110)
 
 
-def split_half_reliability(found_per_ratio, n):
-  """How reproducible the C-scores are, from the runs themselves. The runs of each ratio are
-  split by position in seed order (even / odd), each half gives C-scores, and r is the Pearson
-  correlation of the two. The Spearman-Brown formula projects it to the whole estimate, 2r / (1 + r),
-  and to 200 runs per ratio (the published scores' size), k r / (1 + (k - 1) r) with
-  k = 400 / runs. Returns (r, whole, at 200 runs, half scores [2, n]); NaN (not available) if
-  some ratio has fewer than 2 runs."""
-  if min(len(f) for f in found_per_ratio) < 2:
-    return np.nan, np.nan, np.nan, np.full((2, n), np.nan)
-  halves = np.stack([mean_over_ratios([fraction_correct(*masks(f[half::2]))[0] for f in found_per_ratio])
-                     for half in (0, 1)])
-  both = ~np.isnan(halves).any(0)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    r = float(np.corrcoef(halves[0, both], halves[1, both])[0, 1]) if both.sum() > 1 else np.nan
-  runs = np.mean([len(f) for f in found_per_ratio])
-  return r, spearman_brown(r, 2), spearman_brown(r, 400 / runs), halves
+def split_halves(found_per_ratio):
+  """The runs of each ratio split by position in seed order, even and odd: [half 0, half 1],
+  each a list per ratio; None if some ratio has fewer than 2 runs, or there is no ratio."""
+  if not found_per_ratio or min(len(f) for f in found_per_ratio) < 2:
+    return None
+  return [[f[half::2] for f in found_per_ratio] for half in (0, 1)]
+
+
+def half_scores(halves, n):
+  """(C-scores [2, n], learning confidence [2, n], held-out counts [2, L, n]) of each half; NaN,
+  and counts None, without halves."""
+  if halves is None:
+    return np.full((2, n), np.nan), np.full((2, n), np.nan), None
+  return (np.stack([mean_over_ratios([fraction_correct(*masks(f))[0] for f in half]) for half in halves]),
+          np.stack([learning_proxies([run for f in half for run in f], n)[1] for half in halves]),
+          np.stack([[masks(f)[0].sum(0) for f in half] for half in halves]))
+
+
+def pearson(a, b):
+  """Pearson's r over the examples both score; NaN for fewer than 2 or a constant one."""
+  both = ~np.isnan(a) & ~np.isnan(b)
+  if both.sum() < 2 or not np.ptp(a[both]) or not np.ptp(b[both]):
+    return np.nan
+  return float(np.corrcoef(a[both], b[both])[0, 1])
+
+
+def split_half_reliability(halves, runs):
+  """How reproducible a score is, from the runs themselves: r, the Pearson correlation of its
+  values from the even and from the odd runs (`halves` [2, n]). The Spearman-Brown formula
+  projects it to the whole estimate, 2r / (1 + r), and to 200 runs per ratio (the published
+  scores' size), k r / (1 + (k - 1) r) with k = 400 / runs. Returns (r, whole, at 200 runs);
+  NaN (not available) without halves."""
+  r = pearson(*halves)
+  return r, spearman_brown(r, 2), spearman_brown(r, 400 / runs)
 
 
 def learning_proxies(found, n):
   """Per example, the mean over the runs that trained on it of the fraction of epochs in which
   it was classified correctly before its step's update, and of its confidence (mean probability
   of the label): how fast and how confidently it is learned. NaN where no run trained on it."""
-  speed, confidence, count = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+  speed, confidence = np.zeros(n), np.zeros(n)
+  count = np.zeros(n, dtype=np.int64)
   for run in found:
     trained = ~run.held_out
     speed[trained] += run.hits / run.epochs
@@ -736,6 +758,96 @@ def learning_proxies(found, n):
     count[trained] += 1
   with np.errstate(invalid='ignore', divide='ignore'):
     return np.where(count > 0, speed / count, np.nan), np.where(count > 0, confidence / count, np.nan)
+
+
+# The combined score. Learning confidence ranks the hard examples better than a C-score of few
+# runs, and worse than one of many (its own ceiling, about rho 0.94 against the published scores
+# on MNIST's hard examples, is what it measures, not noise). So each example's C-score is
+# shrunk toward the C-score that examples of its learning confidence have, by how noisy it is:
+# Kelley's true-score estimate, with each example's own noise. Among the examples of like
+# learning confidence (a group), an example's C-score is c = t + e: its true C-score t scatters
+# around the group's curve m with variance tau^2, and its noise e, of variance s^2 u, comes from
+# the finite runs that held it out (u below). The best linear estimate of t is
+#     m + w (c - m),   w = tau^2 / (tau^2 + s^2 u),
+# and the runs measure both unknowns: the even and the odd runs' C-scores differ by noise alone,
+# so mean (c_even - c_odd)^2 = s^2 mean (u_even + u_odd), and tau^2 = mean (c - m)^2 - s^2 mean u.
+# As runs are added, u falls and w rises to 1: the C-score alone. The published scores set
+# nothing here. See the README's "A sharper cheap answer".
+
+
+NOISE_GROUP = 500  # examples whose halves both score them, a group for s^2 and tau^2: within ~6%
+
+
+def group_size(count):
+  """Examples a group of like learning confidence for the curve m, of `count` with both scores:
+  1% of them, so that 100 groups follow the curve, and at least 50 (each mean within about
+  +-0.01 on MNIST's hard examples)."""
+  return max(50, count // 100)
+
+
+def noise_units(counts):
+  """[n] the variance of each example's C-score in units of one held-out run's: a mean over the
+  L_i ratios that held it out of means over k_ir runs, (1 / L_i^2) sum_r 1 / k_ir; NaN where no
+  run held it out. counts: [L, n] runs that held each example out, per ratio."""
+  held = counts > 0
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(held.any(0), np.where(held, 1 / np.maximum(counts, 1), 0).sum(0) / held.sum(0) ** 2, np.nan)
+
+
+def confidence_curve(cscores, confidence, group=None):
+  """The C-score that examples of a learning confidence have, as a function: the mean C-score of
+  each group of `group` examples (default: group_size) by confidence, interpolated between the
+  groups' median confidences. None if no example has both scores."""
+  both = np.flatnonzero(~np.isnan(cscores) & ~np.isnan(confidence))
+  if not len(both):
+    return None
+  group = group or group_size(len(both))
+  groups = np.array_split(both[np.argsort(confidence[both], kind='stable')], max(1, len(both) // group))
+  medians, means = (np.array([f(values[g]) for g in groups])
+                    for f, values in ((np.median, confidence), (np.mean, cscores)))
+  at, where = np.unique(medians, return_inverse=True)  # (groups of one tied confidence: one point)
+  curve = np.bincount(where, means * [len(g) for g in groups]) / np.bincount(where, [len(g) for g in groups])
+  return lambda x: np.interp(x, at, curve)
+
+
+def combined_score(cscores, confidence, counts, halves, half_counts, curve_group=None, noise_group=NOISE_GROUP):
+  """(combined [n], weight [n], signal): per example, m + w (c - m) with c its C-score and m the
+  C-score its learning confidence predicts (see above); w the weight on the C-score, 1 where it
+  has no learning confidence and 0 where it has no C-score. signal: the share of the C-scores'
+  spread about m that is signal, sum tau^2 / sum mean (c - m)^2 over the groups, the C-score's
+  weight overall (NaN: not measured). halves: [2, n] the C-scores of the even and the odd runs,
+  half_counts [2, L, n] their held-out counts, at the ratios with 2 runs or more (None: no
+  ratio has, the noise is not measurable, w = 0). The curve m is drawn in groups of curve_group examples (default:
+  group_size), the noise measured in groups of noise_group. Examples with neither score, or
+  with learning confidence only when none has both, are NaN."""
+  combined, weight = cscores.copy(), np.where(np.isnan(cscores), np.nan, 1.0)
+  curve = confidence_curve(cscores, confidence, curve_group)
+  if curve is None:
+    return combined, weight, np.nan
+  has = ~np.isnan(confidence)
+  prior = np.full(len(cscores), np.nan)
+  prior[has] = curve(confidence[has])
+  combined[has], weight[has] = prior[has], 0.0  # no C-score: the one its confidence predicts
+  both = np.flatnonzero(has & ~np.isnan(cscores))
+  both = both[np.argsort(confidence[both], kind='stable')]
+  u = noise_units(counts)
+  measured = (np.zeros(len(both), bool) if halves is None
+              else ~np.isnan(halves[:, both]).any(0))  # noise measured here: both halves score it
+  k = max(1, int(measured.sum()) // noise_group)  # groups of `noise_group` measured examples
+  of = np.minimum(np.cumsum(measured) * k // max(measured.sum(), 1), k - 1)  # each one's group
+  signal, spread = 0.0, 0.0
+  for j in range(k):
+    g, m = both[of == j], both[(of == j) & measured]
+    if len(m) < 3:
+      continue  # (the noise is not measurable: w stays 0)
+    s2 = np.mean((halves[0, m] - halves[1, m]) ** 2) / np.mean(noise_units(half_counts[0][:, m]) + noise_units(half_counts[1][:, m]))
+    deviation = cscores[g] - prior[g]
+    tau2 = max(float(np.mean(deviation ** 2) - s2 * np.mean(u[g])), 0.0)
+    noise = s2 * u[g]
+    w = np.divide(tau2, tau2 + noise, out=np.ones(len(g)), where=tau2 + noise > 0)
+    combined[g], weight[g] = prior[g] + w * deviation, w
+    signal, spread = signal + len(g) * tau2, spread + float(np.sum(deviation ** 2))
+  return combined, weight, signal / spread if spread > 0 else np.nan
 
 
 @dataclasses.dataclass
@@ -756,6 +868,12 @@ class Estimates:
   split_half_cscores: np.ndarray  # [2, n] the C-scores of each half
   learning_speed: np.ndarray    # [n] mean over runs trained on it: epochs right / epochs
   learning_confidence: np.ndarray  # [n] and its mean probability of the label while trained on
+  confidence_split_half_r: float  # learning confidence's r between the even and the odd runs
+  confidence_reliability: float   # and its whole estimate's, 2r / (1 + r)
+  split_half_confidence: np.ndarray  # [2, n] the learning confidence of each half
+  combined_score: np.ndarray    # [n] the C-score shrunk toward what learning confidence predicts
+  combined_weight: np.ndarray   # [n] the weight on the C-score in it (1: the C-score alone)
+  combined_signal: float        # the share of the C-scores' spread about its curve that is signal
 
 
 def estimate(runs, config, n):
@@ -772,15 +890,26 @@ def estimate(runs, config, n):
     per_ratio[j], counts[j] = fraction_correct(held_out, correct)
     memorization[j] = fraction_correct(~held_out, correct)[0] - per_ratio[j]
     done[j], accuracy[j] = len(held_out), heldout_accuracy(held_out, correct)
-  r, whole, at_200_runs, halves = split_half_reliability(found, n)
+  cscores = mean_over_ratios(per_ratio)
   speed, confidence = learning_proxies([run for f in found for run in f], n)
+  scores_of_halves, confidence_of_halves, half_counts = half_scores(split_halves(found), n)
+  runs_per_ratio = max(1, np.mean(done))
+  r, whole, at_200_runs = split_half_reliability(scores_of_halves, runs_per_ratio)
+  confidence_r, confidence_whole, _ = split_half_reliability(confidence_of_halves, runs_per_ratio)
+  noise_halves = scores_of_halves
+  if half_counts is None:  # a ratio short of 2 runs (a run stopped mid-round): the noise from the rest
+    noise_halves, _, half_counts = half_scores(split_halves([f for f in found if len(f) >= 2]), n)
+  combined, weight, signal = combined_score(cscores, confidence, counts, noise_halves, half_counts)
   return Estimates(
       ratios=np.array(config.ratios), runs=done, heldout_accuracy=accuracy,
-      per_ratio=per_ratio, held_out_counts=counts, cscores=mean_over_ratios(per_ratio),
+      per_ratio=per_ratio, held_out_counts=counts, cscores=cscores,
       standard_error=standard_error(per_ratio, counts),
       memorization_per_ratio=memorization, memorization=mean_over_ratios(memorization),
-      split_half_r=r, reliability=whole, reliability_200_runs=at_200_runs, split_half_cscores=halves,
-      learning_speed=speed, learning_confidence=confidence)
+      split_half_r=r, reliability=whole, reliability_200_runs=at_200_runs,
+      split_half_cscores=scores_of_halves, learning_speed=speed, learning_confidence=confidence,
+      confidence_split_half_r=confidence_r, confidence_reliability=confidence_whole,
+      split_half_confidence=confidence_of_halves, combined_score=combined, combined_weight=weight,
+      combined_signal=signal)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -927,15 +1056,18 @@ def proxy_agreement(proxy, cscores, hardest=0.1):
 
 def proxies_figure(est, data, path, per_row=10):
   """Each learning proxy against the C-score (hexbin, log colour: most mass sits at 1), with
-  Spearman's rho, and the examples on which they disagree most, both ways."""
+  Spearman's rho, and the examples on which they disagree most, both ways; and the combined score
+  against the C-score."""
   plt = pyplot()
-  fig = plt.figure(figsize=(13, 13), layout='constrained')
+  fig = plt.figure(figsize=(16, 13), layout='constrained')
   top, *rows = fig.subfigures(5, 1, height_ratios=(5, 2, 2, 2, 2))
-  plots = top.subplots(1, 2)
-  for col, (key, title) in enumerate(PROXIES):
+  plots = top.subplots(1, 3)
+  both = ~np.isnan(est.cscores) & ~np.isnan(est.learning_confidence)
+  weight = 'n/a' if not both.any() else f'{0 if np.isnan(est.combined_signal) else est.combined_signal:.2f}'
+  combined = f'combined score: the C-score shrunk toward the one its\nlearning confidence predicts (the C-score weighs {weight})'
+  for ax, (key, title) in zip(plots, PROXIES + (('combined_score', combined),)):
     proxy = getattr(est, key)
     rho_all, rho_hard, both = proxy_agreement(proxy, est.cscores)
-    ax = plots[col]
     if both.any():
       art = ax.hexbin(proxy[both], est.cscores[both], gridsize=40, bins='log', cmap='viridis',
                       extent=(0, 1, 0, 1), mincnt=1)
@@ -946,6 +1078,9 @@ def proxies_figure(est, data, path, per_row=10):
     ax.set(xlabel=title, ylabel='C-score', xlim=(0, 1), ylim=(0, 1))
     ax.set_title(f"Spearman's rho {rho_all:.2f} over {both.sum():,} examples,\n"
                  f"{rho_hard:.2f} over the hardest 10% by C-score", fontsize=10)
+  for col, (key, title) in enumerate(PROXIES):
+    proxy = getattr(est, key)
+    both = ~np.isnan(proxy) & ~np.isnan(est.cscores)
     gap = np.where(both, proxy - est.cscores, 0)  # > 0: the proxy finds it easier than C does
     for row, (sign, what) in zip(rows[2 * col:], ((1, 'learned easily, yet a low C-score'),
                                                    (-1, 'learned with difficulty, yet a high C-score'))):
@@ -956,7 +1091,7 @@ def proxies_figure(est, data, path, per_row=10):
         if i is not None:
           show_example(ax, data, i, f'#{i} label {data.class_names[data.y[i]]}\nC {est.cscores[i]:.2f}, '
                                     f'{key.split("_")[1]} {proxy[i]:.2f}')
-  fig.suptitle('Learning proxies against the C-score, from the same runs', fontsize=11)
+  fig.suptitle('Learning proxies, and the combined score, against the C-score, from the same runs', fontsize=11)
   save_figure(fig, path)
 
 
@@ -968,7 +1103,8 @@ REPORT_LIMIT = 20_000_000  # bytes: a page any browser opens at once, and one ca
 
 REPORT_COLUMNS = (('cscore', 'cscores'), ('standard_error', 'standard_error'),
                   ('memorization', 'memorization'), ('learning_speed', 'learning_speed'),
-                  ('learning_confidence', 'learning_confidence'))  # (the page's name, Estimates')
+                  ('learning_confidence', 'learning_confidence'), ('combined_score', 'combined_score'))
+# (the page's name, Estimates')
 
 
 def extremes_per_class(scores, labels, classes, keep):
@@ -1079,12 +1215,12 @@ OUTPUTS = output_files()  # MNIST's
 
 OUTPUT_NOTES = dict(
     scores="the C-score of each training example, float32, in the data's order (MNIST's: tfds train order)",
-    details='per-ratio scores, standard errors, split-half reliability, memorization, learning proxies',
+    details='per-ratio scores, standard errors, split-half reliability, memorization, learning proxies, combined score',
     report='every example, to sort, filter and take away as CSV: open it in a browser',
     examples="per class, the 10 highest- and 10 lowest-scored examples",
     overview='C-score histogram, learning curve, C-score per class, hard examples by ratio',
     memorized='the 30 most memorized examples',
-    proxies='the learning proxies against the C-score')
+    proxies='the learning proxies and the combined score against the C-score')
 
 
 def write_outputs(out_dir, data, runs, config, tag=''):
@@ -1129,6 +1265,28 @@ def reliability_line(est):
           f'{est.reliability_200_runs:.3f}')
 
 
+def combined_lines(est):
+  """Learning confidence's reliability, and how the combined score weighs the C-score."""
+  has_c, has_l = ~np.isnan(est.cscores), ~np.isnan(est.learning_confidence)
+  both, only_c, only_l = (int(x.sum()) for x in (has_c & has_l, has_c & ~has_l, has_l & ~has_c))
+  lines = ['learning confidence\'s split-half reliability: ' + (
+      'not available (it needs at least 2 runs at every ratio)' if np.isnan(est.confidence_reliability)
+      else f'r = {est.confidence_split_half_r:.3f}; the whole estimate {est.confidence_reliability:.3f}')]
+  if not both:
+    lines.append('combined score: the C-score alone; no example has both a C-score and learning confidence'
+                 + (f', so the {only_l:,} with learning confidence only have none (see learning_confidence)' if only_l else ''))
+    return lines
+  signal = (f'{est.combined_signal:.2f} (the share of its spread about that prediction that is signal, not noise)'
+            if not np.isnan(est.combined_signal) else
+            '0 (its noise is not measurable: no ratio has 2 runs)' if not (est.runs >= 2).any() else
+            '0 (its noise is not measurable: too few examples are scored by both halves of the runs)')
+  lines.append('combined score: each C-score shrunk toward the one its learning confidence predicts, by its '
+               f'own noise; the C-score weighs {signal} over the {both:,} examples with both'
+               + (f'; {only_c:,} have the C-score only, which it is' if only_c else '')
+               + (f'; {only_l:,} have learning confidence only: the C-score it predicts' if only_l else ''))
+  return lines
+
+
 def hardware_line(runs, config):
   """Which devices and matmul precisions trained the runs in the estimate."""
   kinds = collections.Counter(r.hardware for ratio in config.ratios
@@ -1164,7 +1322,8 @@ def report_facts(est, runs, config):
           + ', '.join(f'{r:g}' for r in est.ratios) + f'): {int(est.runs.sum()):,} models; '
           f'{config.epochs} epoch{"s" if config.epochs > 1 else ""} each, batch {config.batch_size}, '
           f'{config.precision}',
-          hardware_line(runs, config), training_time_line(runs, config), reliability_line(est), se]
+          hardware_line(runs, config), training_time_line(runs, config), reliability_line(est),
+          *combined_lines(est), se]
 
 
 def summary_lines(est, runs, config, trained, seconds):
@@ -1181,6 +1340,7 @@ def summary_lines(est, runs, config, trained, seconds):
                  f'{np.nanpercentile(se, 95):.4f}; --runs {more} would halve the median '
                  f'({more - runs_done} more per ratio)')
     lines.append(reliability_line(est))
+    lines += combined_lines(est)
     lines.append(hardware_line(runs, config))
   rate = f' ({trained / seconds:.3f} models/s)' if trained and seconds > 0 else ''
   lines.append(f'models trained now: {trained} in {datetime.timedelta(seconds=round(seconds))}'
@@ -2756,6 +2916,8 @@ const KEYS = [
    rule: 'Learning speed: the fraction of epochs in which the models that trained on the example classified it correctly. A cheap proxy of the C-score.'},
   {key: 'learning_confidence', name: 'learning confidence', values: col.learning_confidence,
    rule: 'Learning confidence: the mean probability of the label over the epochs, in the models that trained on the example. A cheap proxy of the C-score.'},
+  {key: 'combined_score', name: 'combined score', values: col.combined_score,
+   rule: 'Combined score: the C-score, shrunk toward the C-score that examples of its learning confidence have, by how noisy it is (more with few runs, less with many). The sharper ranking of the hard examples at a small budget.'},
   {key: 'speed_minus_cscore', name: 'learning speed \u2212 C-score', values: difference('learning_speed', 'cscore'),
    rule: 'Learning speed \u2212 C-score: high where the proxy finds the example easy and the C-score hard; low the other way round.'},
   {key: 'confidence_minus_cscore', name: 'learning confidence \u2212 C-score', values: difference('learning_confidence', 'cscore'),
@@ -2795,7 +2957,7 @@ function computeView() {
 }
 const COLUMNS = [
   ['index', 'example #'], ['class', 'class'], ['cscore', 'C-score \u00b1 s.e.'], ['memorization', 'memorization'],
-  ['learning_speed', 'learning speed'], ['learning_confidence', 'learning confidence']];
+  ['learning_speed', 'learning speed'], ['learning_confidence', 'learning confidence'], ['combined_score', 'combined score']];
 function renderHead() {
   $('table-head').innerHTML = (D.shape ? '<th></th>' : '') + COLUMNS.map(([key, name]) => {
     const sortable = key in KEY, arrow = key === state.key ? (state.dir > 0 ? ' \u25b2' : ' \u25bc') : '';
@@ -2807,7 +2969,7 @@ function row(p) {
   return `<tr class="ex" data-p="${p}" data-index="${index[p]}">` + (D.shape ? `<td>${picture(p, 56)}</td>` : '') +
     `<td>${index[p]}</td><td>${esc(className(p))}</td>` +
     `<td>${Number.isNaN(cs) ? fmt(cs) : `${cs.toFixed(3)} \u00b1 ${col.standard_error[p].toFixed(3)}`}</td>` +
-    ['memorization', 'learning_speed', 'learning_confidence'].map(k => `<td>${fmt(col[k][p])}</td>`).join('') + '</tr>';
+    ['memorization', 'learning_speed', 'learning_confidence', 'combined_score'].map(k => `<td>${fmt(col[k][p])}</td>`).join('') + '</tr>';
 }
 function pages() { return Math.max(1, Math.ceil(view.length / state.rows)); }
 function render() {
@@ -2830,7 +2992,7 @@ function update(changes) {
 }
 
 // CSV of the whole view, in its order.
-const CSV_HEAD = ['index', 'label', 'class', 'cscore', 'standard_error', 'memorization', 'learning_speed', 'learning_confidence'];
+const CSV_HEAD = ['index', 'label', 'class', 'cscore', 'standard_error', 'memorization', 'learning_speed', 'learning_confidence', 'combined_score'];
 function csvField(text) {
   text = String(text);
   if (/^[=+\-@]/.test(text) && Number.isNaN(Number(text))) text = "'" + text;  // not a spreadsheet formula
@@ -2843,7 +3005,7 @@ function csvText() {
   for (const p of view) {
     const v = k => number(col[k][p]);
     lines.push([index[p], csvField(D.label_values[label[p]]), csvField(className(p)),
-                v('cscore'), v('standard_error'), v('memorization'), v('learning_speed'), v('learning_confidence')]
+                v('cscore'), v('standard_error'), v('memorization'), v('learning_speed'), v('learning_confidence'), v('combined_score')]
                .concat(extra ? [number(KEY[extra].values[p])] : []).join(','));
   }
   return lines.join('\n') + '\n';
@@ -2927,7 +3089,7 @@ function showDetail(p) {
     `<div class="row"><div>${picture(p, 256)}</div><div><table>` +
     `<tr><th>C-score</th><td>${v('cscore')}</td></tr><tr><th>standard error</th><td>${v('standard_error')}</td></tr>` +
     `<tr><th>memorization</th><td>${v('memorization')}</td></tr><tr><th>learning speed</th><td>${v('learning_speed')}</td></tr>` +
-    `<tr><th>learning confidence</th><td>${v('learning_confidence')}</td></tr></table></div>` +
+    `<tr><th>learning confidence</th><td>${v('learning_confidence')}</td></tr><tr><th>combined score</th><td>${v('combined_score')}</td></tr></table></div>` +
     `<div><table><tr><th>ratio</th><th>C<sub>r</sub></th><th>right, of the runs that held it out</th></tr>${rows}</table></div>` +
     `<div><svg id="detail-curve" width="320" height="180"></svg></div></div>` +
     '<p><button id="close" type="button">close</button> (or Esc, or click outside)</p>';

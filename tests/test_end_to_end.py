@@ -31,6 +31,20 @@ def test_script_prints_a_summary_and_no_traceback(tiny_run):
   assert 'Traceback' not in result.stderr
 
 
+def test_the_summary_prints_both_split_half_reliabilities_and_the_details_hold_the_combined_score(tiny_run):
+  out, result = tiny_run
+  assert 'split-half reliability: r = ' in result.stdout
+  assert "learning confidence's split-half reliability: r = " in result.stdout
+  assert 'combined score: each C-score shrunk' in result.stdout
+  with np.load(out / 'cscores-details.npz') as details:
+    combined, cscores = details['combined_score'], details['cscores']
+    r, signal = float(details['confidence_split_half_r']), float(details['combined_signal'])
+  assert 0 < r <= 1 and f"learning confidence's split-half reliability: r = {r:.3f}" in result.stdout
+  assert 0 < signal <= 1 and f'the C-score weighs {signal:.2f} (the share' in result.stdout
+  scored = ~np.isnan(cscores)
+  assert scored.sum() > 50000 and not np.isnan(combined[scored]).any()
+
+
 def test_models_are_accurate_on_the_examples_they_held_out(tiny_run):
   out, _ = tiny_run
   runs = mnist.load_runs(out / mnist.STORE_DIR)

@@ -101,7 +101,9 @@ def estimates_with_scores(p, runs=20, count=100, n=50):
       memorization_per_ratio=np.zeros((2, n)), memorization=np.zeros(n),
       split_half_r=np.nan, reliability=np.nan, reliability_200_runs=np.nan,
       split_half_cscores=np.full((2, n), np.nan), learning_speed=np.full(n, np.nan),
-      learning_confidence=np.full(n, np.nan))
+      learning_confidence=np.full(n, np.nan), confidence_split_half_r=np.nan,
+      confidence_reliability=np.nan, split_half_confidence=np.full((2, n), np.nan),
+      combined_score=per_ratio[0], combined_weight=np.ones(n), combined_signal=np.nan)
 
 
 def test_runs_that_halve_the_standard_error_are_about_4x_for_middling_scores():

@@ -86,7 +86,7 @@ def test_an_example_no_run_trained_on_has_no_proxy():
   np.testing.assert_allclose(confidence[1:], [1, 0])
 
 
-def test_the_details_hold_the_proxies_and_the_figure_is_written(synthetic_data, tmp_path):
+def test_the_details_hold_the_proxies_and_the_combined_score_and_the_figure_is_written(synthetic_data, tmp_path):
   images, labels = synthetic_data
   config = dataclasses.replace(CONFIG, ratios=(0.3, 0.7), runs=3)
   trainer = mnist.EnsembleTrainer(images, labels, config)
@@ -97,5 +97,7 @@ def test_the_details_hold_the_proxies_and_the_figure_is_written(synthetic_data, 
   with np.load(tmp_path / 'cscores-details.npz', allow_pickle=False) as details:
     np.testing.assert_array_equal(details['learning_speed'], est.learning_speed)
     np.testing.assert_array_equal(details['learning_confidence'], est.learning_confidence)
+    np.testing.assert_array_equal(details['combined_score'], est.combined_score)
+    np.testing.assert_array_equal(details['confidence_split_half_r'], est.confidence_split_half_r)  # (NaN too)
   assert np.nanmin(est.learning_speed) >= 0 and np.nanmax(est.learning_confidence) <= 1
   assert (tmp_path / 'mnist-proxies.pdf').read_bytes()[:4] == b'%PDF'

@@ -32,7 +32,7 @@ def synthetic_estimates(cscores, runs=4):
                           per_ratio=np.array([cscores]), held_out_counts=np.full((1, n), 2),
                           cscores=np.asarray(cscores, float), standard_error=0.1 * ones,
                           memorization=0.2 * ones, learning_speed=0.3 * ones,
-                          learning_confidence=0.4 * ones).items():
+                          learning_confidence=0.4 * ones, combined_score=0.5 * ones).items():
     setattr(est, name, value)
   return est
 
@@ -57,8 +57,8 @@ def test_the_mnist_report_holds_every_example_with_the_scores_written(tiny_run):
   np.testing.assert_array_equal(array(page['index'], '<u4'), np.arange(60000))
   np.testing.assert_array_equal(array(page['columns']['cscore'], '<f4'), np.load(out / 'cscores.npy'))
   details = np.load(out / 'cscores-details.npz')
-  np.testing.assert_array_equal(array(page['columns']['memorization'], '<f4'),
-                                details['memorization'].astype(np.float32))
+  for name, key in (('memorization', 'memorization'), ('combined_score', 'combined_score')):
+    np.testing.assert_array_equal(array(page['columns'][name], '<f4'), details[key].astype(np.float32))
   assert page['shape'] == [28, 28] and len(page['class_names']) == 10
 
 

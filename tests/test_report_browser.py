@@ -110,6 +110,7 @@ KEYS = {
     'cscore': lambda d: d['cscores'], 'standard_error': lambda d: d['standard_error'],
     'memorization': lambda d: d['memorization'], 'learning_speed': lambda d: d['learning_speed'],
     'learning_confidence': lambda d: d['learning_confidence'],
+    'combined_score': lambda d: d['combined_score'],
     'speed_minus_cscore': lambda d: d['learning_speed'] - d['cscores'],
     'confidence_minus_cscore': lambda d: d['learning_confidence'] - d['cscores'],
     'memorization_minus_cscore': lambda d: d['memorization'] - d['cscores'],

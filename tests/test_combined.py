@@ -1,0 +1,191 @@
+"""The combined score: each C-score shrunk toward the C-score its learning confidence predicts,
+by its own noise, with weights from the runs' own halves; and learning confidence's split-half
+reliability."""
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+import mnist
+from conftest import CPU
+
+
+def known_store(truth, proxy, ratios, runs, seed=0):
+  """Runs whose truth is known: each holds an example out with probability 1 - ratio, classifies
+  a held-out one correctly with probability truth[i], and reports, for each one it trained on,
+  a confidence of proxy[i] plus a run's noise (sd 0.05), quantized as the store does."""
+  rng = np.random.default_rng(seed)
+  n = len(truth)
+  store = {}
+  for r in ratios:
+    for s in range(runs):
+      held_out = rng.random(n) > r
+      correct = rng.random(n) < truth
+      confidence = np.clip(proxy + rng.normal(0, 0.05, n), 0, 1)[~held_out]
+      store[mnist.ratio_key(r), s] = mnist.Run(
+          held_out, correct, np.zeros((~held_out).sum(), np.uint8),
+          np.rint(confidence * 255).astype(np.uint8), 1, CPU)
+  return store
+
+
+def known_truth(n=6000, seed=1):
+  """(truth, proxy): true C-scores spread like a data set's (most near 1), and a proxy that
+  follows them with a systematic error of its own (sd 0.1) that no number of runs removes."""
+  rng = np.random.default_rng(seed)
+  truth = rng.beta(3, 0.6, n)
+  return truth, np.clip(0.3 + 0.6 * truth + rng.normal(0, 0.1, n), 0, 1)
+
+
+RATIOS = (0.2, 0.5, 0.8)
+
+
+def estimate_known(runs, n=6000):
+  truth, proxy = known_truth(n)
+  est = mnist.estimate(known_store(truth, proxy, RATIOS, runs), mnist.Config(ratios=RATIOS, runs=runs), n)
+  return truth, est
+
+
+def test_the_weight_on_the_cscore_rises_toward_1_as_runs_are_added():
+  estimates = [estimate_known(runs)[1] for runs in (2, 8, 32, 128)]
+  medians = [np.median(est.combined_weight) for est in estimates]
+  assert medians == sorted(medians) and medians[0] < 0.5 and 0.9 < medians[-1] <= 1, medians
+  signal = [est.combined_signal for est in estimates]  # the C-score's weight on the whole
+  assert signal == sorted(signal) and signal[0] < 0.5 and 0.9 < signal[-1] <= 1, signal
+
+
+def test_with_few_runs_the_combined_score_is_nearer_the_truth_than_the_cscore_and_ranks_it_best():
+  truth, est = estimate_known(4)
+  both = ~np.isnan(est.cscores) & ~np.isnan(est.learning_confidence)
+  assert both.sum() > 5900
+  def error(values):
+    return np.sqrt(np.mean((values[both] - truth[both]) ** 2))
+  assert error(est.combined_score) < 0.8 * error(est.cscores)
+  rho = {name: scipy.stats.spearmanr(values[both], truth[both]).statistic for name, values in
+         (('C-score', est.cscores), ('confidence', est.learning_confidence), ('combined', est.combined_score))}
+  assert rho['combined'] > max(rho['C-score'], rho['confidence']), rho
+
+
+def test_noise_units_are_a_mean_of_means_over_the_ratios_that_held_an_example_out():
+  counts = np.array([[1, 2, 0], [0, 4, 0], [2, 2, 0]])  # 3 ratios x 3 examples
+  u = mnist.noise_units(counts)
+  assert u[0] == pytest.approx((1 / 1 + 1 / 2) / 2 ** 2)          # held out at 2 ratios
+  assert u[1] == pytest.approx((1 / 2 + 1 / 4 + 1 / 2) / 3 ** 2)  # at all 3
+  assert math.isnan(u[2])
+
+
+def hand_store(n=40, seed=3):
+  """2 ratios x 4 runs whose masks are drawn at random, every confidence 200/255: the curve is
+  flat, one group."""
+  rng = np.random.default_rng(seed)
+  skill = np.linspace(0.05, 0.95, n)
+  store = {}
+  for r in (0.3, 0.6):
+    for s in range(4):
+      held_out = rng.random(n) < 0.5
+      store[r, s] = mnist.Run(held_out, rng.random(n) < skill, np.zeros((~held_out).sum(), np.uint8),
+                              np.full((~held_out).sum(), 200, np.uint8), 1, CPU)
+  return store
+
+
+def test_the_combined_score_is_kelleys_estimate_computed_by_hand():
+  store, n = hand_store(), 40
+  def held(r, seeds, i):
+    return [store[r, s].correct[i] for s in seeds if store[r, s].held_out[i]]
+  def cscore(seeds, i):  # the mean over the ratios that held i out of their fraction right
+    rights = [held(r, seeds, i) for r in (0.3, 0.6) if held(r, seeds, i)]
+    return sum(sum(x) / len(x) for x in rights) / len(rights) if rights else math.nan
+  def units(seeds, i):  # (1 / L_i^2) sum over those ratios of 1 / count
+    counts = [len(held(r, seeds, i)) for r in (0.3, 0.6) if held(r, seeds, i)]
+    return sum(1 / k for k in counts) / len(counts) ** 2 if counts else math.nan
+  c = [cscore(range(4), i) for i in range(n)]
+  u = [units(range(4), i) for i in range(n)]
+  trained = [i for i in range(n) if any(not store[r, s].held_out[i] for r in (0.3, 0.6) for s in range(4))]
+  scored = [i for i in trained if not math.isnan(c[i])]
+  measured = [i for i in scored if not math.isnan(cscore([0, 2], i)) and not math.isnan(cscore([1, 3], i))]
+  m = sum(c[i] for i in scored) / len(scored)  # the flat curve: the mean C-score
+  s2 = (sum((cscore([0, 2], i) - cscore([1, 3], i)) ** 2 for i in measured) / len(measured)
+        / (sum(units([0, 2], i) + units([1, 3], i) for i in measured) / len(measured)))
+  spread = sum((c[i] - m) ** 2 for i in scored)
+  tau2 = spread / len(scored) - s2 * sum(u[i] for i in scored) / len(scored)
+  assert tau2 > 0 and len(measured) >= 3
+  est = mnist.estimate(store, mnist.Config(ratios=(0.3, 0.6), runs=4), n)
+  for i in scored:
+    w = tau2 / (tau2 + s2 * u[i])
+    assert est.combined_weight[i] == pytest.approx(w)
+    assert est.combined_score[i] == pytest.approx(m + w * (c[i] - m))
+  assert est.combined_signal == pytest.approx(tau2 * len(scored) / spread)
+
+
+def test_an_example_with_learning_confidence_only_gets_the_cscore_its_confidence_predicts():
+  # Two groups of two: confidence medians 0.15 and 0.85, mean C-scores 0.1 and 0.9; the line
+  # between them passes 0.5 at confidence 0.5.
+  cscores = np.array([0.0, 0.2, 0.8, 1.0, np.nan, np.nan])
+  confidence = np.array([0.1, 0.2, 0.8, 0.9, 0.5, np.nan])
+  counts = np.array([[1, 1, 1, 1, 0, 0]])
+  combined, weight, _ = mnist.combined_score(cscores, confidence, counts, None, None, curve_group=2)
+  assert combined[4] == pytest.approx(0.5) and weight[4] == 0
+  assert math.isnan(combined[5]) and math.isnan(weight[5])
+
+
+def test_an_example_with_a_cscore_only_keeps_it_with_weight_1():
+  cscores = np.array([0.3, 0.6, 0.9, 0.2])
+  confidence = np.array([0.5, 0.6, 0.7, np.nan])
+  combined, weight, _ = mnist.combined_score(cscores, confidence, np.ones((1, 4), int), None, None, curve_group=2)
+  assert combined[3] == 0.2 and weight[3] == 1
+
+
+def test_with_one_run_at_some_ratio_the_noise_is_measured_at_the_others():
+  truth, proxy = known_truth(2000)
+  store = known_store(truth, proxy, RATIOS, 8)
+  for s in range(1, 8):  # a run stopped part way: 0.5 has one run
+    del store[mnist.ratio_key(0.5), s]
+  est = mnist.estimate(store, mnist.Config(ratios=RATIOS, runs=8), 2000)
+  assert math.isnan(est.reliability)  # the C-score's own split-half needs every ratio
+  assert 0.3 < est.combined_signal < 1 and np.median(est.combined_weight) > 0.3
+  assert 'the C-score weighs 0.' in mnist.combined_lines(est)[1]
+
+
+def test_with_one_run_at_every_ratio_the_weights_are_0_not_nan():
+  truth, proxy = known_truth(600)
+  est = mnist.estimate(known_store(truth, proxy, RATIOS, 1), mnist.Config(ratios=RATIOS, runs=1), 600)
+  both = ~np.isnan(est.cscores) & ~np.isnan(est.learning_confidence)
+  assert both.sum() > 100 and (est.combined_weight[both] == 0).all() and math.isnan(est.combined_signal)
+  assert not np.isnan(est.combined_score[both]).any()
+  assert 'the C-score weighs 0 (its noise is not measurable: no ratio has 2 runs)' in mnist.combined_lines(est)[1]
+  assert math.isnan(est.confidence_split_half_r) and math.isnan(est.confidence_reliability)
+
+
+def test_with_no_example_scored_both_ways_the_combined_score_is_the_cscore():
+  held_out = np.array([True, True, False, False])
+  run = mnist.Run(held_out, np.array([True, False, True, True]), np.zeros(2, np.uint8),
+                  np.array([200, 100], np.uint8), 1, CPU)
+  est = mnist.estimate({(0.5, 0): run}, mnist.Config(ratios=(0.5,), runs=1), 4)
+  np.testing.assert_array_equal(est.combined_score, [1.0, 0.0, np.nan, np.nan])
+  assert mnist.combined_lines(est)[1] == ('combined score: the C-score alone; no example has both a C-score '
+                                          'and learning confidence, so the 2 with learning confidence only '
+                                          'have none (see learning_confidence)')
+
+
+def test_learning_confidence_halves_are_the_even_and_the_odd_runs_in_seed_order():
+  truth, proxy = known_truth(40)
+  store = known_store(truth, proxy, (0.3, 0.7), 5)
+  est = mnist.estimate(store, mnist.Config(ratios=(0.3, 0.7), runs=5), 40)
+  for half, seeds in enumerate(([0, 2, 4], [1, 3])):
+    for i in range(40):
+      seen = [store[r, s].confidence[np.count_nonzero(~store[r, s].held_out[:i])] / 255
+              for r in (0.3, 0.7) for s in seeds if not store[r, s].held_out[i]]
+      expected = sum(seen) / len(seen) if seen else math.nan
+      assert est.split_half_confidence[half, i] == pytest.approx(expected, nan_ok=True)
+  both = ~np.isnan(est.split_half_confidence).any(0)
+  r = np.corrcoef(*est.split_half_confidence[:, both])[0, 1]
+  assert est.confidence_split_half_r == pytest.approx(r)
+  assert est.confidence_reliability == pytest.approx(2 * r / (1 + r))
+
+
+def test_the_summary_prints_both_reliabilities_and_the_weight():
+  lines = mnist.combined_lines(estimate_known(8)[1])
+  assert lines[0].startswith("learning confidence's split-half reliability: r = 0.9")
+  assert lines[1].startswith('combined score: each C-score shrunk toward the one its learning confidence '
+                             'predicts, by its own noise; the C-score weighs 0.')
+  assert lines[1].endswith('over the 6,000 examples with both')
