@@ -796,8 +796,11 @@ def noise_units(counts):
 
 def confidence_curve(cscores, confidence, group=None):
   """The C-score that examples of a learning confidence have, as a function: the mean C-score of
-  each group of `group` examples (default: group_size) by confidence, interpolated between the
-  groups' median confidences. None if no example has both scores."""
+  each group of `group` examples (default: group_size) by confidence, made never to fall as
+  confidence rises (isotonic regression: an example learned more confidently is not predicted
+  harder, and the curve keeps learning confidence's order), interpolated between the groups'
+  median confidences. None if no example has both scores."""
+  from scipy.optimize import isotonic_regression
   both = np.flatnonzero(~np.isnan(cscores) & ~np.isnan(confidence))
   if not len(both):
     return None
@@ -806,7 +809,8 @@ def confidence_curve(cscores, confidence, group=None):
   medians, means = (np.array([f(values[g]) for g in groups])
                     for f, values in ((np.median, confidence), (np.mean, cscores)))
   at, where = np.unique(medians, return_inverse=True)  # (groups of one tied confidence: one point)
-  curve = np.bincount(where, means * [len(g) for g in groups]) / np.bincount(where, [len(g) for g in groups])
+  sizes = np.bincount(where, [len(g) for g in groups])
+  curve = isotonic_regression(np.bincount(where, means * [len(g) for g in groups]) / sizes, weights=sizes).x
   return lambda x: np.interp(x, at, curve)
 
 
@@ -817,9 +821,9 @@ def combined_score(cscores, confidence, counts, halves, half_counts, curve_group
   spread about m that is signal, sum tau^2 / sum mean (c - m)^2 over the groups, the C-score's
   weight overall (NaN: not measured). halves: [2, n] the C-scores of the even and the odd runs,
   half_counts [2, L, n] their held-out counts, at the ratios with 2 runs or more (None: no
-  ratio has, the noise is not measurable, w = 0). The curve m is drawn in groups of curve_group examples (default:
-  group_size), the noise measured in groups of noise_group. Examples with neither score, or
-  with learning confidence only when none has both, are NaN."""
+  ratio has, the noise is not measurable, w = 0). The curve m is drawn in groups of
+  curve_group examples (default: group_size), the noise measured in groups of noise_group.
+  Examples with neither score, or with learning confidence only when none has both, are NaN."""
   combined, weight = cscores.copy(), np.where(np.isnan(cscores), np.nan, 1.0)
   curve = confidence_curve(cscores, confidence, curve_group)
   if curve is None:
@@ -837,10 +841,11 @@ def combined_score(cscores, confidence, counts, halves, half_counts, curve_group
   of = np.minimum(np.cumsum(measured) * k // max(measured.sum(), 1), k - 1)  # each one's group
   signal, spread = 0.0, 0.0
   for j in range(k):
-    g, m = both[of == j], both[(of == j) & measured]
-    if len(m) < 3:
+    g, h = both[of == j], both[(of == j) & measured]  # the group, and where its halves both score
+    if len(h) < 3:
       continue  # (the noise is not measurable: w stays 0)
-    s2 = np.mean((halves[0, m] - halves[1, m]) ** 2) / np.mean(noise_units(half_counts[0][:, m]) + noise_units(half_counts[1][:, m]))
+    half_units = noise_units(half_counts[0][:, h]) + noise_units(half_counts[1][:, h])
+    s2 = np.mean((halves[0, h] - halves[1, h]) ** 2) / np.mean(half_units)
     deviation = cscores[g] - prior[g]
     tau2 = max(float(np.mean(deviation ** 2) - s2 * np.mean(u[g])), 0.0)
     noise = s2 * u[g]

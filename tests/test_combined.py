@@ -128,6 +128,16 @@ def test_an_example_with_learning_confidence_only_gets_the_cscore_its_confidence
   assert math.isnan(combined[5]) and math.isnan(weight[5])
 
 
+def test_the_curve_never_falls_as_confidence_rises_so_it_keeps_confidences_order():
+  # Groups of two by confidence with mean C-scores 0.2, 0.6, 0.4, 0.8: the middle two are pooled
+  # to their mean, 0.5 (isotonic regression), so 0.6 and 0.4 do not reverse the proxy's order.
+  confidence = np.array([0.1, 0.1, 0.3, 0.3, 0.5, 0.5, 0.7, 0.7])
+  cscores = np.array([0.1, 0.3, 0.5, 0.7, 0.3, 0.5, 0.7, 0.9])
+  curve = mnist.confidence_curve(cscores, confidence, group=2)
+  np.testing.assert_allclose(curve(np.array([0.1, 0.3, 0.5, 0.7])), [0.2, 0.5, 0.5, 0.8])
+  assert curve(0.2) == pytest.approx(0.35)
+
+
 def test_an_example_with_a_cscore_only_keeps_it_with_weight_1():
   cscores = np.array([0.3, 0.6, 0.9, 0.2])
   confidence = np.array([0.5, 0.6, 0.7, np.nan])
