@@ -709,24 +709,6 @@ def runs_for_reliability(est, target):
   return max(2, int(np.ceil(round(runs * factor, 6))))  # (rounded: 110.00000000000001 is 110)
 
 
-def split_halves(found_per_ratio):
-  """The runs of each ratio split by position in seed order, even and odd: [half 0, half 1],
-  each a list per ratio; None if some ratio has fewer than 2 runs, or there is no ratio."""
-  if not found_per_ratio or min(len(f) for f in found_per_ratio) < 2:
-    return None
-  return [[f[half::2] for f in found_per_ratio] for half in (0, 1)]
-
-
-def half_scores(halves, n):
-  """(C-scores [2, n], learning confidence [2, n], held-out counts [2, L, n]) of each half; NaN,
-  and counts None, without halves."""
-  if halves is None:
-    return np.full((2, n), np.nan), np.full((2, n), np.nan), None
-  return (np.stack([mean_over_ratios([fraction_correct(*masks(f))[0] for f in half]) for half in halves]),
-          np.stack([learning_proxies([run for f in half for run in f], n)[1] for half in halves]),
-          np.stack([[masks(f)[0].sum(0) for f in half] for half in halves]))
-
-
 def pearson(a, b):
   """Pearson's r over the examples both score; NaN for fewer than 2 or a constant one."""
   both = ~np.isnan(a) & ~np.isnan(b)
@@ -749,6 +731,12 @@ def learning_proxies(found, n):
   """Per example, the mean over the runs that trained on it of the fraction of epochs in which
   it was classified correctly before its step's update, and of its confidence (mean probability
   of the label): how fast and how confidently it is learned. NaN where no run trained on it."""
+  return proxy_means(*proxy_sums(found, n))
+
+
+def proxy_sums(found, n):
+  """(speed, confidence, count) [n] each: the learning record summed over the runs that trained
+  on each example, and how many did."""
   speed, confidence = np.zeros(n), np.zeros(n)
   count = np.zeros(n, dtype=np.int64)
   for run in found:
@@ -756,6 +744,10 @@ def learning_proxies(found, n):
     speed[trained] += run.hits / run.epochs
     confidence[trained] += run.confidence / 255
     count[trained] += 1
+  return speed, confidence, count
+
+
+def proxy_means(speed, confidence, count):
   with np.errstate(invalid='ignore', divide='ignore'):
     return np.where(count > 0, speed / count, np.nan), np.where(count > 0, confidence / count, np.nan)
 
@@ -820,8 +812,8 @@ def combined_score(cscores, confidence, counts, halves, half_counts, curve_group
   has no learning confidence and 0 where it has no C-score. signal: the share of the C-scores'
   spread about m that is signal, sum tau^2 / sum mean (c - m)^2 over the groups, the C-score's
   weight overall (NaN: not measured). halves: [2, n] the C-scores of the even and the odd runs,
-  half_counts [2, L, n] their held-out counts, at the ratios with 2 runs or more (None: no
-  ratio has, the noise is not measurable, w = 0). The curve m is drawn in groups of
+  half_counts [2, L, n] their held-out counts, at the ratios with 2 runs or more (halves None,
+  or NaN everywhere: the noise is not measurable, w = 0). The curve m is drawn in groups of
   curve_group examples (default: group_size), the noise measured in groups of noise_group.
   Examples with neither score, or with learning confidence only when none has both, are NaN."""
   combined, weight = cscores.copy(), np.where(np.isnan(cscores), np.nan, 1.0)
@@ -886,6 +878,7 @@ def estimate(runs, config, n):
   L = len(config.ratios)
   per_ratio, memorization = np.full((L, n), np.nan), np.full((L, n), np.nan)
   counts = np.zeros((L, n), dtype=np.int64)
+  half_per_ratio, half_counts = np.full((2, L, n), np.nan), np.zeros((2, L, n), dtype=np.int64)
   done, accuracy = np.zeros(L, dtype=np.int64), np.full(L, np.nan)
   found = [finished_runs(runs, config, ratio) for ratio in config.ratios]
   for j, f in enumerate(found):
@@ -895,16 +888,26 @@ def estimate(runs, config, n):
     per_ratio[j], counts[j] = fraction_correct(held_out, correct)
     memorization[j] = fraction_correct(~held_out, correct)[0] - per_ratio[j]
     done[j], accuracy[j] = len(held_out), heldout_accuracy(held_out, correct)
+    if len(f) >= 2:  # the even and the odd runs by position in seed order: the two halves
+      for half in (0, 1):
+        half_per_ratio[half, j], half_counts[half, j] = fraction_correct(held_out[half::2], correct[half::2])
   cscores = mean_over_ratios(per_ratio)
-  speed, confidence = learning_proxies([run for f in found for run in f], n)
-  scores_of_halves, confidence_of_halves, half_counts = half_scores(split_halves(found), n)
+  # The halves' C-scores at the ratios with 2 runs or more: the combined score's noise. The
+  # split-half reliabilities need halves at every ratio; the whole's proxies are then the
+  # halves' records added up.
+  halves = np.stack([mean_over_ratios(p) for p in half_per_ratio])
+  every = min(done) >= 2
+  if every:
+    sums = [proxy_sums([run for f in found for run in f[half::2]], n) for half in (0, 1)]
+    scores_of_halves, confidence_of_halves = halves, np.stack([proxy_means(*s)[1] for s in sums])
+    speed, confidence = proxy_means(*(a + b for a, b in zip(*sums)))
+  else:
+    scores_of_halves = confidence_of_halves = np.full((2, n), np.nan)
+    speed, confidence = learning_proxies([run for f in found for run in f], n)
   runs_per_ratio = max(1, np.mean(done))
   r, whole, at_200_runs = split_half_reliability(scores_of_halves, runs_per_ratio)
   confidence_r, confidence_whole, _ = split_half_reliability(confidence_of_halves, runs_per_ratio)
-  noise_halves = scores_of_halves
-  if half_counts is None:  # a ratio short of 2 runs (a run stopped mid-round): the noise from the rest
-    noise_halves, _, half_counts = half_scores(split_halves([f for f in found if len(f) >= 2]), n)
-  combined, weight, signal = combined_score(cscores, confidence, counts, noise_halves, half_counts)
+  combined, weight, signal = combined_score(cscores, confidence, counts, halves, half_counts)
   return Estimates(
       ratios=np.array(config.ratios), runs=done, heldout_accuracy=accuracy,
       per_ratio=per_ratio, held_out_counts=counts, cscores=cscores,
