@@ -77,18 +77,18 @@ class Progress:
     self.bar.set_description(f'ratio {ratio:.2f}, {self.trained}/{self.models} models done')
 
 
-def prepared_ahead(groups, prepare):
-  """Yields ((ratio, seeds), prepare(ratio, seeds)) for each group, preparing the next group on a
+def prepared_ahead(groups, draw):
+  """Yields ((ratio, seeds), draw(ratio, seeds)) for each group, preparing the next group on a
   thread while the caller trains the current one (TensorFlow releases the GIL while an epoch
   runs), so that a GPU does not wait for the host's draws: at K = 200 and ratio 0.9 they take
   seconds and the batch orders 430 MB. The draws are the runs' own, whichever thread makes them."""
   pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='group-work')
   try:
-    ahead = [pool.submit(datasets.prepare, *group) for group in groups[:1]]
+    ahead = [pool.submit(draw, *group) for group in groups[:1]]
     for i, group in enumerate(groups):
       work = ahead.pop().result()
       if i + 1 < len(groups):
-        ahead.append(pool.submit(datasets.prepare, *groups[i + 1]))
+        ahead.append(pool.submit(draw, *groups[i + 1]))
       yield group, work
   finally:  # Ctrl-C: do not wait for draws that no group will use
     pool.shutdown(wait=False, cancel_futures=True)

@@ -1,5 +1,6 @@
-"""Shared fixtures: the script as a module, small synthetic data, and the real MNIST prepared
-once per test session from the official files in ../shared/mnist (no network needed)."""
+"""Shared fixtures: the script as a module (and its package, cscore/), small synthetic data, and
+the real MNIST prepared once per test session from the official files in ../shared/mnist (no
+network needed)."""
 import os
 import pathlib
 import signal
@@ -20,10 +21,11 @@ USERS_CUDA_VISIBLE_DEVICES = os.environ.get('CUDA_VISIBLE_DEVICES')
 os.environ['CUDA_VISIBLE_DEVICES'] = ''
 
 import mnist  # noqa: E402
+from cscore import datasets, devices, store  # noqa: E402
 
 # As mnist.py's main() does, before TensorFlow's first op: the in-process runs then compute
 # exactly as the script's own processes do, whatever order the tests run in.
-mnist.configure_tensorflow()
+devices.configure_tensorflow()
 
 MANUAL_DIR = pathlib.Path(os.environ.get('MNIST_MANUAL_DIR', ROOT.parent / 'shared' / 'mnist'))
 
@@ -41,7 +43,7 @@ def synthetic_data():
 
 def mnist_like(images, labels):
   """Data of MNIST's shape and classes, for the outputs' tests."""
-  return mnist.Data('mnist', images, np.asarray(labels, np.int32), mnist.DIGITS, (28, 28))
+  return datasets.Data('mnist', images, np.asarray(labels, np.int32), mnist.DIGITS, (28, 28))
 
 
 # --- The MLP in float64 NumPy, written out independently of mnist.py's TensorFlow --------------
@@ -115,7 +117,7 @@ def masks_only_run(held_out, correct, epochs=1):
   every epoch and with certainty, the examples it trained on and gets right, and no others."""
   held_out, correct = np.asarray(held_out, bool), np.asarray(correct, bool)
   right = correct[~held_out]
-  return mnist.Run(held_out, correct, (right * epochs).astype(np.uint8), (right * 255).astype(np.uint8), epochs, CPU)
+  return store.Run(held_out, correct, (right * epochs).astype(np.uint8), (right * 255).astype(np.uint8), epochs, CPU)
 
 
 @pytest.fixture(scope='session')
@@ -154,8 +156,8 @@ def run_main_without(module, argv):
 
 
 def stored_files(out):
-  store = out / mnist.STORE_DIR
-  return sorted(f for f in os.listdir(store) if f.startswith('runs-')) if store.is_dir() else []
+  folder = out / store.STORE_DIR
+  return sorted(f for f in os.listdir(folder) if f.startswith('runs-')) if folder.is_dir() else []
 
 
 def start_and_signal_after_first_group(argv, sig):
