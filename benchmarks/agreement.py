@@ -26,7 +26,9 @@ import sys
 import zipfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import mnist  # noqa: E402  (its one-line errors and argument parser)
+from cscore import cli  # noqa: E402  (the one-line argument parser)
+from cscore import errors  # noqa: E402  (the one-line errors)
+from cscore import outputs  # noqa: E402  (the output files' names)
 
 import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
@@ -46,7 +48,7 @@ def download_reference():
     return keras.utils.get_file('mnist-cscores-021c363.npy', REFERENCE_URL, file_hash=REFERENCE_MD5,
                                 hash_algorithm='md5', cache_dir=CACHE_DIR)
   except Exception as e:  # offline, or a download that fails its checksum
-    raise mnist.CScoreError(f'cannot download the published scores ({mnist.first_line(e)}); offline, pass '
+    raise errors.CScoreError(f'cannot download the published scores ({errors.first_line(e)}); offline, pass '
                             '--reference PATH, a copy of mnist-cscores.npy from '
                             'github.com/pluskid/structural-regularity') from e
 
@@ -56,13 +58,13 @@ def load_scores(path, what):
   try:
     scores = np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    reason = 'no such file' if isinstance(e, FileNotFoundError) else mnist.first_line(e)
-    raise mnist.CScoreError(f'{what} {path}: {reason}') from e
+    reason = 'no such file' if isinstance(e, FileNotFoundError) else errors.first_line(e)
+    raise errors.CScoreError(f'{what} {path}: {reason}') from e
   if not isinstance(scores, np.ndarray):  # an .npz, such as cscores-details.npz
     scores.close()
-    raise mnist.CScoreError(f'{what} {path}: an .npz archive, not a .npy array of C-scores')
+    raise errors.CScoreError(f'{what} {path}: an .npz archive, not a .npy array of C-scores')
   if scores.ndim != 1 or scores.dtype.kind != 'f':
-    raise mnist.CScoreError(f'{what} {path}: expected a 1-D float array of C-scores, '
+    raise errors.CScoreError(f'{what} {path}: expected a 1-D float array of C-scores, '
                             f'got {scores.dtype} {list(scores.shape)}')
   return scores.astype(np.float64)
 
@@ -75,7 +77,7 @@ def lowest(scores, count):
 def agreement(ours, reference, hard=HARD, count=LOWEST):
   """The comparison over the examples that ours scores (not NaN), as a dict."""
   if ours.shape != reference.shape:
-    raise mnist.CScoreError(f'the scores have {len(ours)} examples and the published ones '
+    raise errors.CScoreError(f'the scores have {len(ours)} examples and the published ones '
                             f'{len(reference)}: not the same data set')
   scored = ~np.isnan(ours) & ~np.isnan(reference)
   a, b = ours[scored], reference[scored]
@@ -93,16 +95,16 @@ def agreement(ours, reference, hard=HARD, count=LOWEST):
 
 def reliabilities(scores_path):
   """(rel_ours, rel_ref) from the cscores-details.npz beside the scores, or None with why not."""
-  details = os.path.join(os.path.dirname(os.path.abspath(scores_path)), mnist.OUTPUTS['details'])
+  details = os.path.join(os.path.dirname(os.path.abspath(scores_path)), outputs.OUTPUTS['details'])
   if not os.path.exists(details):
-    return None, f'no {mnist.OUTPUTS["details"]} beside the scores'
+    return None, f'no {outputs.OUTPUTS["details"]} beside the scores'
   try:
     with np.load(details, allow_pickle=False) as d:
       ours, ref = float(d['reliability']), float(d['reliability_200_runs'])
   except KeyError:
     return None, f'{details} predates split-half reliability; rerun mnist.py to rewrite it'
   except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
-    raise mnist.CScoreError(f'{details}: {mnist.first_line(e)}') from e
+    raise errors.CScoreError(f'{details}: {errors.first_line(e)}') from e
   if np.isnan(ours):
     return None, 'split-half reliability needs at least 2 runs at every ratio'
   return (ours, ref), None
@@ -126,7 +128,7 @@ def report(path, m, rel):
 
 
 def parse_args(argv=None):
-  p = mnist.OneLineErrorParser(prog='agreement.py', description=__doc__.splitlines()[0])
+  p = cli.OneLineErrorParser(prog='agreement.py', description=__doc__.splitlines()[0])
   p.add_argument('scores', nargs='+', help="a cscores.npy written by mnist.py (several: a block each)")
   p.add_argument('--reference', help='the published mnist-cscores.npy (default: download it, '
                  'pinned to commit 021c363 and md5-checked)')
@@ -140,7 +142,7 @@ def main(argv=None):
     reference = load_scores(args.reference or download_reference(), 'published scores')
     for path, scores in zip(args.scores, ours):
       print(report(path, agreement(scores, reference), reliabilities(path)))
-  except mnist.CScoreError as e:
+  except errors.CScoreError as e:
     print(f'agreement.py: error: {e}', file=sys.stderr)
     return 1
   return 0

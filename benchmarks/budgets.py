@@ -35,12 +35,12 @@ import time
 import numpy as np
 import scipy.stats
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import agreement  # noqa: E402
-
-mnist = agreement.mnist
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / 'benchmarks'), str(ROOT)]
+import agreement  # noqa: E402
+from cscore import cli  # noqa: E402
+from cscore import errors  # noqa: E402
+from cscore import outputs  # noqa: E402
 
 # models: (what it is, mnist.py flags)
 BUDGETS = {
@@ -92,7 +92,7 @@ def compare(details, reference):
     with np.load(details, allow_pickle=False) as d:
       scores = {name: d[key] for name, key in SCORES}
   except (OSError, KeyError, ValueError) as e:
-    raise mnist.CScoreError(f'{details}: {mnist.first_line(e)}; rerun its mnist.py command, or '
+    raise errors.CScoreError(f'{details}: {errors.first_line(e)}; rerun its mnist.py command, or '
                             'delete its folder to start that budget over') from e
   hard = reference < agreement.HARD
   common = np.logical_and.reduce([~np.isnan(s) for s in scores.values()])
@@ -171,7 +171,7 @@ def parse_budgets(text):
 
 
 def main():
-  p = mnist.OneLineErrorParser(prog='budgets.py', description=__doc__.splitlines()[0])
+  p = cli.OneLineErrorParser(prog='budgets.py', description=__doc__.splitlines()[0])
   p.add_argument('--root', required=True, type=pathlib.Path, help='a folder for the out-dirs')
   p.add_argument('--budgets', type=parse_budgets, default=[1, 4, 9, 36, 144, 576],
                  help=f'models, comma-separated, out of {", ".join(map(str, BUDGETS))} (default: 1,4,9,36,144,576)')
@@ -189,10 +189,10 @@ def main():
     for models in args.budgets:
       out_dir = args.root / f'{models}-models'
       seconds = run_budget(models, out_dir, extra, args.store)
-      details = out_dir / mnist.OUTPUTS['details']
+      details = out_dir / outputs.OUTPUTS['details']
       rows.append((models, seconds, compare(details, reference)))
       parts.append((models, combined_against_parts(details, reference)))
-  except mnist.CScoreError as e:
+  except errors.CScoreError as e:
     sys.exit(f'budgets.py: error: {e}')
   except subprocess.CalledProcessError as e:
     sys.exit(f'budgets.py: error: {" ".join(e.cmd[1:])} failed (exit {e.returncode}); its own message is above')

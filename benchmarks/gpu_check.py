@@ -28,6 +28,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import mnist  # noqa: E402
+from cscore import devices  # noqa: E402
 
 # One line of TensorFlow's device placement log: "name: (OpType): /job:.../device:GPU:0".
 PLACEMENT = re.compile(r'^(\S+): \((\w+)\): /job:[^\s]*/device:(CPU|GPU):\d+\s*$')
@@ -35,7 +36,8 @@ PLACEMENT = re.compile(r'^(\S+): \((\w+)\): /job:[^\s]*/device:(CPU|GPU):\d+\s*$
 TRAIN_ONE_GROUP = '''
 import sys; sys.path.insert(0, sys.argv[1])
 import numpy as np, mnist
-mnist.configure_tensorflow()
+from cscore import devices
+devices.configure_tensorflow()
 mnist.tf.debugging.set_log_device_placement(True)
 k = int(sys.argv[2])
 rng = np.random.default_rng(0)
@@ -43,7 +45,7 @@ images = rng.integers(0, 256, (60000, 784)).astype(np.uint8)
 labels = rng.integers(0, 10, 60000).astype(np.int32)
 trainer = mnist.EnsembleTrainer(images, labels, mnist.Config(epochs=1))
 group = mnist.train_run_group(trainer, 0.5, list(range(k)))
-print(f'trained {k} models on {mnist.device_kind()}; held-out accuracy {group.correct[group.held_out].mean():.3f}')
+print(f'trained {k} models on {devices.device_kind()}; held-out accuracy {group.correct[group.held_out].mean():.3f}')
 '''
 
 
@@ -68,25 +70,25 @@ def step(title):
   print(f'\n== {title}', flush=True)
 
 
-def devices():
+def list_devices():
   """Step 1: the GPUs nvidia-smi lists and TensorFlow sees; False if TensorFlow sees none."""
-  mnist.configure_tensorflow()
-  seen = mnist.gpus_seen()
+  devices.configure_tensorflow()
+  seen = devices.gpus_seen()
   if not seen:
-    listed = [g.name for g in mnist.nvidia_smi_gpus()]
+    listed = [g.name for g in devices.nvidia_smi_gpus()]
     print('no GPU: TensorFlow sees none' + (
         f', though nvidia-smi lists {", ".join(listed)}: TensorFlow likely lacks its CUDA libraries '
         '(pip install "tensorflow[and-cuda]", docs/gpu.md) or CUDA_VISIBLE_DEVICES hides them' if listed
         else ' and nvidia-smi lists none: nothing to check on this machine'))
     return False
   step('1. devices')
-  for gpu in mnist.nvidia_smi_gpus():
+  for gpu in devices.nvidia_smi_gpus():
     print(f'nvidia-smi: GPU {gpu.index}: {gpu.name} ({gpu.uuid}), '
           + (f'{gpu.free / 2**30:.1f} of {gpu.total / 2**30:.1f} GiB free' if gpu.total else 'memory unknown')
           + ''.join(f'\n  MIG slice {s.name} ({s.uuid})' for s in gpu.slices))
   print(f'TensorFlow sees {len(seen)} GPU(s): {", ".join(d.name for d in seen)}; mnist.py trains on '
-        f'{mnist.device_description(mnist.Config())}')
-  print(f'compute capability {mnist.gpu_compute_capability()}; TensorFlow {mnist.tf.__version__}')
+        f'{devices.device_description(mnist.Config())}')
+  print(f'compute capability {devices.gpu_compute_capability()}; TensorFlow {mnist.tf.__version__}')
   return True
 
 
@@ -118,7 +120,7 @@ def placement(k):
 def throughput():
   """Step 3: the trainer's speed, epochs apart from the host's draws."""
   step('3. throughput (benchmarks/throughput.py, epochs timed apart from the host\'s draws)')
-  bf16 = (mnist.gpu_compute_capability() or (0, 0)) >= (8, 0)
+  bf16 = (devices.gpu_compute_capability() or (0, 0)) >= (8, 0)
   done = python(ROOT / 'benchmarks' / 'throughput.py', '--record-repeats', '0', '--backward-repeats', '0',
                 *([] if bf16 else ['--skip-bf16']))
   print(done.stdout.rstrip() or done.stderr[-3000:])
@@ -174,7 +176,7 @@ def main():
   p.add_argument('--k', type=int, default=200, help='models of step 2 (default: 200)')
   p.add_argument('--quick', action='store_true', help='skip step 5')
   args = p.parse_args()
-  if not devices():
+  if not list_devices():
     return 0
   checks = [placement(args.k), throughput(), two_processes(args.data_dir, args.manual_dir)]
   if not args.quick:

@@ -18,7 +18,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import mnist  # noqa: E402
+from cscore import devices  # noqa: E402
 
 
 def find_browser():
@@ -75,7 +75,7 @@ def main():
   if isinstance(found, str):
     sys.exit(f'report_timing.py: {found}')
   version = subprocess.run([found[1], '--version'], capture_output=True, text=True).stdout.strip()
-  print(f'CPU: {mnist.cpu_name()}, {mnist.cpu_cores()} cores; {version}')
+  print(f'CPU: {devices.cpu_name()}, {devices.cpu_cores()} cores; {version}')
   print(f'{args.report}: {args.report.stat().st_size:,} bytes')
   driver = headless_chromium(found)
   try:

@@ -21,20 +21,24 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import mnist  # noqa: E402
+from cscore import cli  # noqa: E402
+from cscore import shards  # noqa: E402
+from cscore import store  # noqa: E402
 
 TINY = ['--runs', '16', '--epochs', '1', '--ratios', '0.5,0.9', '--models-at-once', '1']
 
 # A shard as the scheduler starts it, plus one line per group it starts training, appended to a
-# log (O_APPEND: lines of concurrent shards do not interleave).
+# log (O_APPEND: lines of concurrent shards do not interleave). The stand-in takes what
+# mnist.train_missing_runs passes to mnist.train_run_group: the group's work drawn ahead too.
 SHARD = '''
 import os, sys
 sys.path.insert(0, {root!r})
 import mnist
 train = mnist.train_run_group
-def logged(trainer, ratio, seeds, on_step=None):
+def logged(trainer, ratio, seeds, on_step=None, work=None):
   with open({log!r}, 'a') as f:
     f.write(f'{{os.getpid()}} {{ratio}} {{" ".join(map(str, seeds))}}\\n')
-  return train(trainer, ratio, seeds, on_step)
+  return train(trainer, ratio, seeds, on_step, work)
 mnist.train_run_group = logged
 sys.exit(mnist.main(sys.argv[1:]))
 '''
@@ -87,13 +91,14 @@ def main():
   if estimate.returncode or reference.returncode:
     sys.exit(estimate.stderr + reference.stderr)
 
-  store = shared / mnist.STORE_DIR
-  stored = [(mnist.ratio_key(r), s) for name in mnist.run_files(store) for r, s, _ in mnist.read_run_file(store / name)]
-  starts = [(mnist.ratio_key(float(r)), int(s)) for line in log.read_text().splitlines()
+  store_dir = shared / store.STORE_DIR
+  stored = [(store.ratio_key(r), s) for name in store.run_files(store_dir)
+            for r, s, _ in store.read_run_file(store_dir / name)]
+  starts = [(store.ratio_key(float(r)), int(s)) for line in log.read_text().splitlines()
             for _, r, *seeds in [line.split()] for s in seeds]
   same = all((shared / name).read_bytes() == (alone / name).read_bytes()
              for name in ('cscores.npy', 'cscores-details.npz'))
-  expected = len(mnist.runs_named(mnist.parse_args(TINY)[0]))  # every run of the protocol
+  expected = len(shards.runs_named(cli.parse_args(TINY, mnist.Config())[0]))  # every run of the protocol
   print(f'{args.shards} shards of {expected} runs (1 epoch, ratios 0.5 and 0.9, K = 1) on one out-dir')
   print(f'killed and restarted: {", ".join(f"shard {i} at {t:.0f} s" for i, t in killed) or "none (all finished first)"}')
   print(f'wall time, all shards: {wall:.0f} s')

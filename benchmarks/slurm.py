@@ -37,7 +37,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import mnist  # noqa: E402
+from cscore import devices  # noqa: E402
+from cscore import store  # noqa: E402
 
 TINY = '--runs 4 --ratios 0.5,0.9 --epochs 1 --models-at-once 2'
 N = 4
@@ -68,7 +69,7 @@ def install():
 
 def slurm_conf(folder, host):
   cores = os.cpu_count()
-  memory = mnist.available_memory() // 2**20 // 2
+  memory = devices.available_memory() // 2**20 // 2
   # Two stand-in "GPUs": Slurm drops a GPU without a device file, and these are never opened
   # (TaskPlugin=task/none constrains nothing); a job is given CUDA_VISIBLE_DEVICES, no GPU.
   (folder / 'gres.conf').write_text(f'NodeName={host} Name=gpu File=/dev/null\n'
@@ -200,8 +201,9 @@ def read(path):
 
 
 def stored_runs(out):
-  store = out / mnist.STORE_DIR
-  return [(mnist.ratio_key(r), s) for name in mnist.run_files(store) for r, s, _ in mnist.read_run_file(store / name)]
+  store_dir = out / store.STORE_DIR
+  return [(store.ratio_key(r), s) for name in store.run_files(store_dir)
+          for r, s, _ in store.read_run_file(store_dir / name)]
 
 
 def main():

@@ -29,10 +29,13 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import mnist  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads)
+import mnist  # noqa: E402  (its cscore.runtime sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads)
+from cscore import devices  # noqa: E402
+from cscore import progress  # noqa: E402
+from cscore import runtime  # noqa: E402
 
 import numpy as np  # noqa: E402
-with mnist.native_stderr_silenced():  # TensorFlow's start-up lines
+with runtime.native_stderr_silenced():  # TensorFlow's start-up lines
   import tensorflow as tf  # noqa: E402
 
 N, RATIO = 60000, 0.5
@@ -105,7 +108,7 @@ def time_training(trainer, k):
   (draws) done before the clock starts."""
   work = mnist.group_work(trainer.config, N, RATIO, seeds_of(k))
   start = time.perf_counter()
-  trainer.train(seeds_of(k), RATIO, work=work)[0].numpy()
+  trainer.train(work)[0].numpy()
   return time.perf_counter() - start
 
 
@@ -116,7 +119,8 @@ def compare_backwards(images, labels, k, epochs, repeats, precisions):
   for stacked in (False, True):
     for precision in precisions:
       config = config_of(epochs=epochs, precision=precision)
-      trainers = [mnist.EnsembleTrainer(images, labels, config, stacked=stacked, gradients=g)
+      layout = devices.layout(config, mnist.layer_sizes(config), stacked=stacked)
+      trainers = [mnist.EnsembleTrainer(images, labels, config, layout=layout, gradients=g)
                   for g in (mnist.loss_gradients, hand_gradients)]
       for trainer in trainers:
         trainer.warm_up(k)
@@ -139,7 +143,7 @@ def time_slice(trainer, k, epochs):
   trainer.warm_up(k)
   work = mnist.group_work(trainer.config, N, RATIO, seeds_of(k))
   start = time.perf_counter()
-  params = trainer.train(seeds_of(k), RATIO, work=work)
+  params = trainer.train(work)
   params[0].numpy()
   t_train = time.perf_counter() - start
   start = time.perf_counter()
@@ -151,7 +155,7 @@ def time_slice(trainer, k, epochs):
 def time_host_preparation(trainer, k, groups=3):
   """(f): the host's draws for a group (initial weights, subsets, batch orders) apart from its
   training, and how much of them mnist.py's thread hides: groups of k models at RATIO go through
-  mnist.prepared_ahead as in a run, and the main thread's wait for each group's draws is timed.
+  progress.prepared_ahead as in a run, and the main thread's wait for each group's draws is timed.
   The first group's draws have nothing to hide behind and are left out. Returns (seconds of
   draws per group, seconds the trainer waited for them per group, seconds of training per
   group)."""
@@ -163,7 +167,7 @@ def time_host_preparation(trainer, k, groups=3):
     work = mnist.group_work(trainer.config, N, ratio, seeds)
     prepare_seconds.append(time.perf_counter() - start)
     return work
-  groups_ahead = mnist.prepared_ahead([(RATIO, seeds_of(k)) for _ in range(groups)], prepare)
+  groups_ahead = progress.prepared_ahead([(RATIO, seeds_of(k)) for _ in range(groups)], prepare)
   while True:
     start = time.perf_counter()
     try:
@@ -172,7 +176,7 @@ def time_host_preparation(trainer, k, groups=3):
       break
     waits.append(time.perf_counter() - start)
     start = time.perf_counter()
-    trainer.train(seeds, ratio, work=work)[0].numpy()
+    trainer.train(work)[0].numpy()
     trains.append(time.perf_counter() - start)
   return np.mean(prepare_seconds[1:]), np.mean(waits[1:]), np.mean(trains[1:])
 
@@ -198,13 +202,13 @@ def main():
     return
   global MODEL
   MODEL = mnist.Config(inputs=int(np.prod([int(d) for d in args.input_shape.split(',')])), classes=args.classes)
-  mnist.configure_tensorflow()  # as mnist.py does, before any TensorFlow op
-  k = args.models_at_once or mnist.default_models_at_once(200, MODEL)
-  train_flops, eval_flops = mnist.flops_per_example(MODEL)
+  devices.configure_tensorflow()  # as mnist.py does, before any TensorFlow op
+  k = args.models_at_once or devices.default_models_at_once(200, mnist.layer_sizes(MODEL), MODEL.batch_size)
+  train_flops, eval_flops = progress.flops_per_example(mnist.layer_sizes(MODEL))
   images, labels = synthetic_mnist()
 
-  print(f'machine: {mnist.cpu_name()} ({platform.machine()}), {os.cpu_count()} cores, '
-        f'GPUs: {len(mnist.accelerators())}; TensorFlow {tf.__version__}, Python {platform.python_version()}')
+  print(f'machine: {devices.cpu_name()} ({platform.machine()}), {os.cpu_count()} cores, '
+        f'GPUs: {len(devices.accelerators())}; TensorFlow {tf.__version__}, Python {platform.python_version()}')
   print(f'model: {" -> ".join(map(str, mnist.layer_sizes(MODEL)))} (input {args.input_shape}), '
         f'{N:,} synthetic examples')
   peak = machine_matmul_rates(['float32'] + ([] if args.skip_bf16 else ['bfloat16']))

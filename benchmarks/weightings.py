@@ -32,10 +32,14 @@ import numpy as np
 import scipy.special
 import scipy.stats
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / 'benchmarks'), str(ROOT)]
 import agreement  # noqa: E402
-
-mnist = agreement.mnist
+import mnist  # noqa: E402
+from cscore import analysis  # noqa: E402
+from cscore import cli  # noqa: E402
+from cscore import errors  # noqa: E402
+from cscore import store  # noqa: E402
 
 
 def normal_scores(x):
@@ -71,9 +75,9 @@ def groups(c, q, noise_of):
   and w = tau^2 / (tau^2 + noise); noise_of(g, m) gives the noise variance of each of group g's
   C-scores, m the curve there."""
   m = np.full(len(c), np.nan)
-  m[~np.isnan(q)] = mnist.confidence_curve(c, q)(q[~np.isnan(q)])
+  m[~np.isnan(q)] = analysis.confidence_curve(c, q)(q[~np.isnan(q)])
   both = np.flatnonzero(~np.isnan(c) & ~np.isnan(q))
-  group = mnist.group_size(len(both))
+  group = analysis.group_size(len(both))
   out = np.full(len(c), np.nan)
   for g in np.array_split(both[np.argsort(q[both], kind='stable')], max(1, len(both) // group)):
     noise = noise_of(g, m[g])
@@ -124,7 +128,7 @@ def parse_budgets(text):
 
 
 def main():
-  p = mnist.OneLineErrorParser(prog='weightings.py', description=__doc__.splitlines()[0])
+  p = cli.OneLineErrorParser(prog='weightings.py', description=__doc__.splitlines()[0])
   p.add_argument('full', type=pathlib.Path, help="the out-dir whose store holds the budgets' runs")
   p.add_argument('--reference', help='the published mnist-cscores.npy (default: download it)')
   p.add_argument('--runs', default='4@0.9,4,16,32,64,200', type=parse_budgets,
@@ -133,24 +137,24 @@ def main():
   args = p.parse_args()
   try:
     reference = agreement.load_scores(args.reference or agreement.download_reference(), 'published scores')
-    runs = mnist.load_runs(str(args.full / mnist.STORE_DIR))
+    runs = store.load_runs(str(args.full / store.STORE_DIR))
     budgets = args.runs
     table = {}
     for r, ratios in budgets:
       config = mnist.Config(runs=r, seed=args.seed, **(dict(ratios=ratios) if ratios else {}))
       est = mnist.estimate(runs, config, len(reference))
       if int(est.runs.min()) < config.runs:
-        raise mnist.CScoreError(f'{args.full} holds {int(est.runs.min())} of seeds {args.seed}.. at some ratio, fewer than {r}')
+        raise errors.CScoreError(f'{args.full} holds {int(est.runs.min())} of seeds {args.seed}.. at some ratio, fewer than {r}')
       hard = (reference < agreement.HARD) & ~np.isnan(est.cscores) & ~np.isnan(est.learning_confidence)
       for name, scores in weightings(est).items():
         table.setdefault(name, []).append(scipy.stats.spearmanr(scores[hard], reference[hard]).statistic)
       best = max((scipy.stats.spearmanr((w * normal_scores(est.cscores) + (1 - w) * normal_scores(est.learning_confidence))[hard],
                                         reference[hard]).statistic, w) for w in np.linspace(0, 1, 21))
       table.setdefault('the best fixed weight on the normal scores, picked with the published scores (not a method)', []).append(best)
-  except mnist.CScoreError as e:
+  except errors.CScoreError as e:
     sys.exit(f'weightings.py: error: {e}')
   except (np.linalg.LinAlgError, TypeError, ValueError) as e:  # (too few runs for some weighting)
-    sys.exit(f'weightings.py: error: a weighting cannot be computed at these runs ({mnist.first_line(e)}); '
+    sys.exit(f'weightings.py: error: a weighting cannot be computed at these runs ({errors.first_line(e)}); '
              'use more runs per ratio')
   print(f"Spearman's rho over the hard examples both parts score, by runs per ratio (seeds from {args.seed})\n")
   print('| weighting | ' + ' | '.join(f'{r} runs at ratio {ratios[0]:g}' if ratios else f'{r} runs per ratio'

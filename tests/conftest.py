@@ -1,6 +1,7 @@
 """Shared fixtures: the script as a module (and its package, cscore/), small synthetic data, and
 the real MNIST prepared once per test session from the official files in ../shared/mnist (no
 network needed)."""
+import functools
 import os
 import pathlib
 import signal
@@ -16,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 # The tests check bit-identity across K, shards and resumes, which holds on a CPU. On a GPU host
 # they run on its CPU: no GPU for TensorFlow, here and in every subprocess (inherited), set before
-# TensorFlow loads. The opt-in GPU test (test_gpu.py) gives its subprocess the user's setting.
+# TensorFlow loads. The opt-in GPU test (test_devices.py) gives its subprocess the user's setting.
 USERS_CUDA_VISIBLE_DEVICES = os.environ.get('CUDA_VISIBLE_DEVICES')
 os.environ['CUDA_VISIBLE_DEVICES'] = ''
 
@@ -100,6 +101,7 @@ def sgd_by_hand(images, labels, seed, ratio, config, before_step=None):
 # --- Runs without training ------------------------------------------------------------------------
 
 CPU = ('CPU', 'fp32')
+A100_TF32 = ('A100-SXM4-80GB', 'tf32')  # as older drivers name it: before 'CPU' in sort order
 
 
 def random_group(k, n=64, epochs=3, seed=0):
@@ -112,12 +114,31 @@ def random_group(k, n=64, epochs=3, seed=0):
   return mnist.RunGroup(held_out, correct, hits, confidence)
 
 
+def pick(group, rows):
+  """The RunGroup of some of a group's runs."""
+  return mnist.RunGroup(*(field[rows] for field in group))
+
+
+def flipped(group):
+  """The same runs with every correctness flipped: another record of them."""
+  return group._replace(correct=~group.correct)
+
+
 def masks_only_run(held_out, correct, epochs=1):
   """A Run for the estimator's tests, which read its masks: its record says it learned, in
   every epoch and with certainty, the examples it trained on and gets right, and no others."""
   held_out, correct = np.asarray(held_out, bool), np.asarray(correct, bool)
   right = correct[~held_out]
   return store.Run(held_out, correct, (right * epochs).astype(np.uint8), (right * 255).astype(np.uint8), epochs, CPU)
+
+
+def bernoulli_store(skill, ratios, runs, seed=0, held_out_share=1.0):
+  """Runs in which each example is held out with probability held_out_share and classified
+  correctly with probability skill[i], independently: the truth is known."""
+  rng = np.random.default_rng(seed)
+  n = len(skill)
+  return {(store.ratio_key(r), s): masks_only_run(rng.random(n) < held_out_share, rng.random(n) < skill)
+          for r in ratios for s in range(runs)}
 
 
 @pytest.fixture(scope='session')
@@ -196,3 +217,14 @@ def mnist_data_dir(first_run):
 def tiny_run(first_run):
   """(out dir, completed process) of one uninterrupted tiny run."""
   return first_run[0], first_run[2]
+
+
+# MNIST as mnist.load_mnist loads it, loaded once per session for the commands the tests run in
+# this process (a load takes seconds); the scripts they start load it themselves.
+load_mnist_once = functools.cache(mnist.load_mnist)
+
+
+@pytest.fixture
+def mnist_loaded_once(monkeypatch):
+  """mnist.main loads MNIST from the session's one load."""
+  monkeypatch.setattr(mnist, 'load_mnist', load_mnist_once)

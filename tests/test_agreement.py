@@ -1,14 +1,11 @@
-"""Agreement with the published scores (benchmarks/agreement.py) and the split-half reliability
-that sets its ceiling, on synthetic scores and stores whose relation is known."""
+"""Agreement with the published scores (benchmarks/agreement.py), on synthetic scores whose
+relation is known. (The split-half reliability that sets its ceiling is in test_analysis.py.)"""
 import math
 import pathlib
 import sys
 
 import numpy as np
 import pytest
-
-import mnist
-from conftest import masks_only_run
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'benchmarks'))
 import agreement  # noqa: E402
@@ -129,56 +126,3 @@ def test_bad_arguments_exit_2(capsys):
   with pytest.raises(SystemExit) as e:
     agreement.parse_args([])
   assert e.value.code == 2 and capsys.readouterr().err.count('\n') == 1
-
-
-# --- Split-half reliability ---------------------------------------------------------------------
-
-def bernoulli_store(skill, ratios, runs, seed=0, held_out_share=1.0):
-  """Runs in which each example is held out with probability held_out_share and classified
-  correctly with probability skill[i], independently: the truth is known."""
-  rng = np.random.default_rng(seed)
-  n = len(skill)
-  return {(mnist.ratio_key(r), s): masks_only_run(rng.random(n) < held_out_share, rng.random(n) < skill)
-          for r in ratios for s in range(runs)}
-
-
-def test_split_half_reliability_matches_the_truth_of_a_known_store():
-  skill = np.random.default_rng(5).beta(2, 0.5, 20000)
-  ratios, runs = (0.2, 0.5), 8
-  est = mnist.estimate(bernoulli_store(skill, ratios, runs), mnist.Config(ratios=ratios, runs=runs), 20000)
-  # Each half is a mean of len(ratios) x runs/2 Bernoulli draws per example.
-  noise = np.mean(skill * (1 - skill)) / (len(ratios) * runs / 2)
-  truth = skill.var() / (skill.var() + noise)
-  assert est.split_half_r == pytest.approx(truth, abs=0.015)
-  assert est.reliability == pytest.approx(2 * truth / (1 + truth), abs=0.01)
-  k = 400 / runs
-  assert est.reliability_200_runs == pytest.approx(k * truth / (1 + (k - 1) * truth), abs=0.005)
-
-
-def test_the_halves_are_the_even_and_the_odd_runs_in_seed_order():
-  ratios, n = (0.3, 0.6), 50
-  store = bernoulli_store(np.linspace(0, 1, n), ratios, 5, held_out_share=0.5)
-  est = mnist.estimate(store, mnist.Config(ratios=ratios, runs=5), n)
-  for half, seeds in enumerate(([0, 2, 4], [1, 3])):
-    for i in range(n):  # the half's C-score: the mean over ratios of its held-out accuracy on i
-      per_ratio = []
-      for r in ratios:
-        out = [store[r, s].correct[i] for s in seeds if store[r, s].held_out[i]]
-        if out:
-          per_ratio.append(sum(out) / len(out))
-      expected = sum(per_ratio) / len(per_ratio) if per_ratio else math.nan
-      assert est.split_half_cscores[half, i] == pytest.approx(expected, nan_ok=True)
-
-
-def test_split_half_reliability_is_not_available_when_a_ratio_has_no_runs_yet():
-  store = bernoulli_store(np.linspace(0, 1, 30), (0.2,), 4)
-  est = mnist.estimate(store, mnist.Config(ratios=(0.2, 0.5), runs=4), 30)
-  assert np.isnan([est.split_half_r, est.reliability, est.reliability_200_runs]).all()
-
-
-def test_split_half_reliability_is_not_available_with_one_run_at_a_ratio():
-  store = bernoulli_store(np.linspace(0, 1, 30), (0.2, 0.5), 2)
-  del store[0.5, 1]
-  est = mnist.estimate(store, mnist.Config(ratios=(0.2, 0.5), runs=2), 30)
-  assert np.isnan([est.split_half_r, est.reliability, est.reliability_200_runs]).all()
-  assert mnist.reliability_line(est).endswith('not available (it needs at least 2 runs at every ratio)')

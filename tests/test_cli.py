@@ -6,18 +6,24 @@ import pytest
 import tensorflow as tf
 
 import mnist
+from cscore import cli
 from conftest import ROOT, run_main_without
+
+
+def parse_args(argv):
+  """The command line's (settings, namespace), over the paper's defaults (mnist.Config())."""
+  return cli.parse_args(argv, mnist.Config())
 
 
 def parse_error(capsys, *argv):
   with pytest.raises(SystemExit) as e:
-    mnist.parse_args(list(argv))
+    parse_args(list(argv))
   err = capsys.readouterr().err
   return e.value.code, err
 
 
 def test_defaults_are_the_papers_protocol():
-  config, args = mnist.parse_args([])
+  config, args = parse_args([])
   assert config.ratios == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
   assert (config.runs, config.epochs, config.batch_size, config.seed) == (200, 10, 128, 0)
   assert (config.learning_rate, config.momentum, config.hidden) == (0.1, 0.9, (512, 256))
@@ -25,24 +31,15 @@ def test_defaults_are_the_papers_protocol():
 
 
 def test_flags_override_the_defaults():
-  config, args = mnist.parse_args(['--runs', '4', '--ratios', '0.1,0.5', '--epochs', '2',
+  config, args = parse_args(['--runs', '4', '--ratios', '0.1,0.5', '--epochs', '2',
                                    '--batch-size', '64', '--seed', '3', '--out-dir', 'x', '--fresh'])
   assert (config.runs, config.ratios, config.epochs, config.batch_size, config.seed) == (4, (0.1, 0.5), 2, 64, 3)
   assert args.out_dir == 'x' and args.fresh
 
 
 def test_the_models_flags_override_the_papers_model():
-  config, _ = mnist.parse_args(['--hidden', '100', '--learning-rate', '0.05', '--momentum', '0'])
+  config, _ = parse_args(['--hidden', '100', '--learning-rate', '0.05', '--momentum', '0'])
   assert (config.hidden, config.learning_rate, config.momentum) == ((100,), 0.05, 0.0)
-
-
-def test_a_store_of_the_papers_model_refuses_another_model(tmp_path):
-  mnist.open_store(tmp_path, mnist.store_settings(mnist.parse_args([])[0], 'x'))
-  other, _ = mnist.parse_args(['--hidden', '300,100', '--learning-rate', '0.2', '--momentum', '0.5'])
-  with pytest.raises(mnist.CScoreError) as refused:
-    mnist.open_store(tmp_path, mnist.store_settings(other, 'x'))
-  for words in ('hidden', '[512, 256]', '[300, 100]', 'learning_rate', 'momentum'):
-    assert words in str(refused.value)
 
 
 @pytest.mark.parametrize('argv, says', [
@@ -77,32 +74,6 @@ def test_bad_flags_are_one_line_and_exit_2(capsys, argv, says):
   code, err = parse_error(capsys, *argv)
   assert code == 2
   assert err.count('\n') == 1 and says in err and err.startswith('mnist.py: error:')
-
-
-def test_manual_dir_missing_a_file_is_an_error_naming_it(tmp_path, capsys):
-  manual = tmp_path / 'manual'
-  manual.mkdir()
-  for name in mnist.MNIST_FILES[:3]:
-    (manual / name).write_bytes(b'')
-  code = mnist.main(['--manual-dir', str(manual), '--data-dir', str(tmp_path / 'tfds'),
-                     '--out-dir', str(tmp_path / 'out')])
-  err = capsys.readouterr().err
-  assert code == 1 and err.count('\n') == 1 and mnist.MNIST_FILES[3] in err
-
-
-def test_no_data_and_no_network_says_how_to_use_manual_dir(tmp_path, capsys, monkeypatch):
-  monkeypatch.setattr(mnist, 'network_reachable', lambda *a, **k: False)
-  monkeypatch.setattr(mnist, 'proxied', lambda: False)
-  code = mnist.main(['--data-dir', str(tmp_path / 'tfds'), '--out-dir', str(tmp_path / 'out')])
-  err = capsys.readouterr().err
-  assert code == 1 and err.count('\n') == 1 and '--manual-dir' in err
-
-
-def test_a_manual_dir_that_is_not_a_folder_is_an_error_saying_so(tmp_path, capsys):
-  code = mnist.main(['--manual-dir', str(tmp_path / 'nowhere'), '--data-dir', str(tmp_path / 'tfds'),
-                     '--out-dir', str(tmp_path / 'out')])
-  err = capsys.readouterr().err
-  assert code == 1 and err.count('\n') == 1 and 'is not a folder' in err
 
 
 def test_running_out_of_memory_is_one_line_suggesting_smaller_settings(tmp_path, capsys, monkeypatch):
@@ -162,7 +133,7 @@ def test_a_bad_flag_answers_without_loading_tensorflow():
 
 def test_every_flag_says_what_it_does_and_its_default_in_words(capsys):
   with pytest.raises(SystemExit):
-    mnist.parse_args(['--help'])
+    parse_args(['--help'])
   entries = {}  # flag -> its help text, from the lines of the options section
   for line in capsys.readouterr().out.split('options:')[1].splitlines():
     if line.startswith('  -'):

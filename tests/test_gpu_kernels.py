@@ -8,6 +8,7 @@ import tensorflow as tf
 from tensorflow.python.framework import kernels
 
 import mnist
+from cscore import devices
 
 DEVICE_KINDS = {'GPU', 'DEFAULT'}  # DEFAULT kernels run on any device, a GPU's included
 # Graph structure, not computation: the runtime places these itself.
@@ -84,7 +85,8 @@ def gpu_layout(request):
   rng = np.random.RandomState(0)
   images, labels = rng.randint(0, 256, (300, 784)).astype(np.uint8), rng.randint(0, 10, 300)
   config = mnist.Config(runs=2, hidden=(16, 8), batch_size=32, precision=request.param)  # small:
-  trainer = mnist.EnsembleTrainer(images, labels, config, stacked=True)  # the ops are the same
+  layout = devices.layout(config, mnist.layer_sizes(config), stacked=True)  # the ops are the same
+  trainer = mnist.EnsembleTrainer(images, labels, config, layout=layout)
   trainer.warm_up(2)
   return trainer
 

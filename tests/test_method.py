@@ -1,4 +1,5 @@
-"""The method, piece by piece, on small synthetic data: subsets, model, training, estimator."""
+"""The method, piece by piece, on small synthetic data: subsets, model, training, and a run's
+record bit for bit whatever the layout and K. (The estimator is in test_estimates.py.)"""
 import dataclasses
 import math
 
@@ -7,9 +8,16 @@ import pytest
 import tensorflow as tf
 
 import mnist
+from cscore import devices, store
 from conftest import numpy_gradients, numpy_logits, numpy_softmax, sgd_by_hand
 
 SMALL = mnist.Config(ratios=(0.5,), runs=3, epochs=2)
+
+
+def trainer_in_layout(images, labels, config, stacked):
+  """A trainer in the GPU's layout (stacked) or the CPU's (one chain per model), whatever the device."""
+  layout = devices.layout(config, mnist.layer_sizes(config), stacked=stacked)
+  return mnist.EnsembleTrainer(images, labels, config, layout=layout)
 
 
 # --- Subsets and batches -------------------------------------------------------------------------
@@ -66,6 +74,13 @@ def test_a_batch_size_beyond_the_subset_trains_on_the_whole_subset_at_once():
   assert order.shape == (2, 1, 30)
   np.testing.assert_array_equal(np.sort(order[0, 0]), np.sort(mnist.training_subset(2, 100, 0.3)))
   np.testing.assert_array_equal(mnist.batch_weights(30, 128), np.ones((1, 30)))
+
+
+@pytest.mark.usefixtures('mnist_loaded_once')
+def test_a_ratio_whose_subset_would_be_empty_is_one_line_before_training(mnist_data_dir, tmp_path, capsys):
+  assert mnist.main(['--ratios', '0.00001', '--data-dir', str(mnist_data_dir), '--out-dir', str(tmp_path)]) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'a subset of int(60000 x 1e-05) = 0 examples' in err
 
 
 # --- Model ----------------------------------------------------------------------------------------
@@ -154,10 +169,10 @@ def test_padding_does_not_change_the_loss():
 @pytest.mark.parametrize('stacked', [True, False], ids=['stacked', 'per-model'])
 def test_k_models_trained_together_equal_the_same_models_trained_one_by_one(synthetic_data, stacked):
   images, labels = synthetic_data
-  trainer = mnist.EnsembleTrainer(images, labels, SMALL, stacked=stacked)
-  together = trainer.train([10, 11, 12], 0.5)  # 2 epochs of 3 steps each
+  trainer = trainer_in_layout(images, labels, SMALL, stacked)
+  together = trainer.train(mnist.group_work(SMALL, 600, 0.5, [10, 11, 12]))  # 2 epochs of 3 steps each
   for k, seed in enumerate([10, 11, 12]):
-    alone = trainer.train([seed], 0.5)
+    alone = trainer.train(mnist.group_work(SMALL, 600, 0.5, [seed]))
     for a, t in zip(alone, together):
       np.testing.assert_allclose(a.numpy()[0], t.numpy()[k], rtol=1e-4, atol=1e-6)
 
@@ -168,7 +183,7 @@ def test_training_follows_sgd_with_momentum_on_the_runs_batches(synthetic_data, 
   config = dataclasses.replace(SMALL, epochs=1, hidden=(8,), learning_rate=0.05, momentum=0.5)
   seed, ratio = 3, 0.5
   params = sgd_by_hand(images, labels, seed, ratio, config)
-  trained = mnist.EnsembleTrainer(images, labels, config, stacked=stacked).train([seed], ratio)
+  trained = trainer_in_layout(images, labels, config, stacked).train(mnist.group_work(config, 600, ratio, [seed]))
   for t, p in zip(trained, params):
     np.testing.assert_allclose(t.numpy()[0], p, rtol=1e-4, atol=1e-6)
 
@@ -179,3 +194,52 @@ def test_trained_models_learn_and_report_correctness_on_every_example(synthetic_
   assert held_out.shape == correct.shape == (2, 600) and correct.dtype == bool
   assert held_out.sum(1).tolist() == [300, 300]
   assert mnist.heldout_accuracy(held_out, correct) > 0.9
+
+
+def test_training_that_diverges_is_one_line_and_stores_nothing_of_that_group(tmp_path, capsys):
+  np.savez(tmp_path / 'data.npz', x=np.eye(40, 4) * 10, y=np.arange(40) % 2)
+  out = tmp_path / 'out'
+  code = mnist.main(['--data', str(tmp_path / 'data.npz'), '--out-dir', str(out), '--runs', '2', '--epochs', '3',
+                     '--ratios', '0.5', '--hidden', '32', '--learning-rate', '1e30'])
+  error_lines = [line for line in capsys.readouterr().err.splitlines() if 'error' in line]
+  assert code == 1 and len(error_lines) == 1
+  assert 'training diverged at ratio 0.50' in error_lines[0] and '--learning-rate (now 1e+30)' in error_lines[0]
+  assert [f for f in (out / store.STORE_DIR).iterdir() if f.name.startswith('runs-')] == []
+
+
+# --- Bit for bit, whatever the layout and K -------------------------------------------------------
+
+def test_a_runs_record_does_not_depend_on_k(synthetic_data):
+  images, labels = synthetic_data
+  config = mnist.Config(epochs=2)
+  # evaluation over several chunks of 128 examples, 2 models a call
+  layout = devices.layout(config, mnist.layer_sizes(config), eval_rows=256, eval_chunk=128)
+  trainer = mnist.EnsembleTrainer(images, labels, config, layout=layout)
+  together = mnist.train_run_group(trainer, 0.5, [0, 1, 2, 3])
+  apart = [mnist.train_run_group(trainer, 0.5, seeds) for seeds in ([0], [1, 2], [3])]
+  for field, array in zip(together._fields, together):
+    np.testing.assert_array_equal(array, np.concatenate([getattr(g, field) for g in apart]), err_msg=field)
+
+
+def test_compiling_ahead_does_not_change_a_run(synthetic_data):
+  images, labels = synthetic_data
+  config = mnist.Config(epochs=2)
+  cold = mnist.train_run_group(mnist.EnsembleTrainer(images, labels, config), 0.5, [0, 1])
+  warm_trainer = mnist.EnsembleTrainer(images, labels, config)
+  warm_trainer.warm_up(2)
+  warm = mnist.train_run_group(warm_trainer, 0.5, [0, 1])
+  for field, a, b in zip(cold._fields, cold, warm):
+    np.testing.assert_array_equal(a, b, err_msg=field)
+
+
+def test_the_stacked_layouts_evaluation_equals_the_per_model_one(synthetic_data):
+  images, labels = synthetic_data
+  config = mnist.Config(epochs=1)
+  sizes = mnist.layer_sizes(config)
+  # 5 chunks of 128 examples, 3 models a call
+  per_model = mnist.EnsembleTrainer(images, labels, config,
+                                    layout=devices.layout(config, sizes, stacked=False, eval_rows=384, eval_chunk=128))
+  stacked = mnist.EnsembleTrainer(images, labels, config,
+                                  layout=devices.layout(config, sizes, stacked=True, eval_rows=384, eval_chunk=128))
+  params = per_model.train(mnist.group_work(config, len(labels), 0.5, [0, 1, 2]))
+  np.testing.assert_array_equal(stacked.correct(params), per_model.correct(params))

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-import mnist
-from conftest import CPU, ROOT
+from cscore import analysis, datasets, report
+from conftest import ROOT
 
 DIGITS_NPZ = ROOT / 'tests' / 'data' / 'digits.npz'
 
@@ -26,7 +26,7 @@ def page_data(html):
 def synthetic_estimates(cscores, runs=4):
   """Estimates whose C-scores are `cscores` (the rest of no matter here)."""
   n = len(cscores)
-  est = mnist.Estimates(*([None] * len(dataclasses_fields())))
+  est = analysis.Estimates(*([None] * len(dataclasses_fields())))
   ones = np.ones(n)
   for name, value in dict(ratios=np.array([0.5]), runs=np.array([runs]), heldout_accuracy=np.array([0.9]),
                           per_ratio=np.array([cscores]), held_out_counts=np.full((1, n), 2),
@@ -39,7 +39,7 @@ def synthetic_estimates(cscores, runs=4):
 
 def dataclasses_fields():
   import dataclasses
-  return dataclasses.fields(mnist.Estimates)
+  return dataclasses.fields(analysis.Estimates)
 
 
 # --- What a run writes -------------------------------------------------------------------------
@@ -75,51 +75,14 @@ def test_the_report_loads_nothing_from_outside_itself(tiny_run):
   assert set(re.findall(r'''(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s'"`]*''', scripts)) == {'http://www.w3.org/2000/svg'}
 
 
-def test_the_summary_lists_the_report_with_its_size(tiny_run):
-  out, result = tiny_run
-  line = next(line for line in result.stdout.splitlines() if 'mnist-report.html' in line)
-  size = (out / 'mnist-report.html').stat().st_size
-  assert f'({size / 2**20:.1f} MB)' in line and 'browser' in line
-
-
-def test_each_stored_group_records_its_training_seconds(tiny_run):
-  out, result = tiny_run
-  files = sorted((out / mnist.STORE_DIR).glob('runs-*.npz'))
-  seconds = [float(np.load(f)['seconds']) for f in files]
-  assert len(files) == 4 and all(0 < s < 600 for s in seconds)  # 8 runs, 2 at a time
-
-
-def test_the_report_sums_the_stored_seconds_as_the_training_time(tiny_run):
-  out, _ = tiny_run
-  files = sorted((out / mnist.STORE_DIR).glob('runs-*.npz'))
-  total = round(sum(float(np.load(f)['seconds']) for f in files))
-  page, _ = page_data((out / 'mnist-report.html').read_text())
-  hours, rest = divmod(total, 3600)
-  assert f"training time: {hours}:{rest // 60:02d}:{rest % 60:02d}, the store's record for 8 runs" in ' '.join(page['facts'])
-
-
-def test_runs_stored_without_seconds_say_their_time_was_not_recorded(tmp_path):
-  store = tmp_path / 'store'
-  store.mkdir()
-  group = mnist.RunGroup(*(a[None] for a in (np.array([True, False]), np.array([True, True]),
-                                             np.array([0., 1.]), np.array([0., 1.]))))
-  name = mnist.save_runs(str(store), 0.5, [0], group, 1, CPU, seconds=3.0)
-  with np.load(store / name) as f:  # as an mnist.py before the training time was recorded wrote it
-    arrays = {k: f[k] for k in f.files if k != 'seconds'}
-  np.savez_compressed(store / name, **arrays)
-  config = mnist.Config(runs=1, ratios=(0.5,))
-  assert mnist.training_time_line(mnist.load_runs(str(store)), config) == (
-      'training time: not recorded for the 1 run in the estimate (stored by an older mnist.py)')
-
-
 # --- Data too large to show every picture, and data without pictures ---------------------------
 
 def test_data_too_large_keep_the_lowest_and_highest_scored_of_each_class(tmp_path):
-  data = mnist.npz_data(str(DIGITS_NPZ))
+  data = datasets.npz_data(str(DIGITS_NPZ))
   n = len(data.y)
   scores = np.random.default_rng(0).random(n)
   scores[:5] = np.nan  # left out too: no score to rank
-  html = mnist.report(synthetic_estimates(scores), data, ['facts'], limit=80_000)
+  html = report.report(synthetic_estimates(scores), data, ['facts'], limit=80_000)
   page, array = page_data(html)
   shown = array(page['index'], '<u4')
   assert 0.9 * 80_000 < len(html.encode()) <= 80_000 and 0 < len(shown) < n  # as many as fit
@@ -133,24 +96,24 @@ def test_data_too_large_keep_the_lowest_and_highest_scored_of_each_class(tmp_pat
 
 
 def test_a_limit_below_two_examples_a_class_gives_a_page_of_none():
-  data = mnist.npz_data(str(DIGITS_NPZ))
+  data = datasets.npz_data(str(DIGITS_NPZ))
   est = synthetic_estimates(np.random.default_rng(0).random(len(data.y)))
-  empty = len(mnist.report(est, data, [], limit=0).encode())  # no example fits: the bare page
-  page, array = page_data(mnist.report(est, data, [], limit=empty + 500))  # about 10 examples' worth
+  empty = len(report.report(est, data, [], limit=0).encode())  # no example fits: the bare page
+  page, array = page_data(report.report(est, data, [], limit=empty + 500))  # about 10 examples' worth
   assert len(array(page['index'], '<u4')) == 0 and page['left_out'] == 1797
 
 
 def test_data_that_fit_are_all_shown(tmp_path):
-  data = mnist.npz_data(str(DIGITS_NPZ))
-  page, array = page_data(mnist.report(synthetic_estimates(np.linspace(0, 1, len(data.y))), data, []))
+  data = datasets.npz_data(str(DIGITS_NPZ))
+  page, array = page_data(report.report(synthetic_estimates(np.linspace(0, 1, len(data.y))), data, []))
   assert page['left_out'] == 0 and len(array(page['index'], '<u4')) == 1797
 
 
 def test_features_get_the_table_without_pictures(tmp_path):
   path = tmp_path / 'features.npz'
   np.savez(path, x=np.random.default_rng(0).normal(size=(40, 3)), y=np.arange(40) % 2)
-  data = mnist.npz_data(str(path))
-  html = mnist.report(synthetic_estimates(np.linspace(0, 1, 40)), data, [])
+  data = datasets.npz_data(str(path))
+  html = report.report(synthetic_estimates(np.linspace(0, 1, 40)), data, [])
   page, _ = page_data(html)
   assert page['shape'] is None and 'base64,' not in html.split('<script type="application/json"')[0]
 
@@ -159,7 +122,7 @@ def test_names_that_close_a_script_tag_stay_inert(tmp_path):
   path = tmp_path / 'odd.npz'
   names = ['</script><b>x', '<!--<script>']  # the second would hide the data's closing tag
   np.savez(path, x=np.zeros((4, 2)), y=[0, 1, 0, 1], class_names=names)
-  html = mnist.report(synthetic_estimates(np.linspace(0, 1, 4)), mnist.npz_data(str(path)), [])
+  html = report.report(synthetic_estimates(np.linspace(0, 1, 4)), datasets.npz_data(str(path)), [])
   data = re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S).group(1)
   assert '<' not in data
   assert html.count('</script>') == 2  # the data's and the code's own
@@ -171,7 +134,7 @@ def test_per_ratio_hits_and_counts_are_exact(most, dtype):
   counts = np.array([[3, most, 0]])
   est = synthetic_estimates(np.array([1 / 3, 0.5, np.nan]))
   est.held_out_counts, est.per_ratio = counts, np.array([[1 / 3, 0.5, np.nan]])
-  data = mnist.Data('x', np.zeros((3, 2), np.float32), np.array([0, 1, 0]), ('a', 'b'), None)
-  page, array = page_data(mnist.report(est, data, []))
+  data = datasets.Data('x', np.zeros((3, 2), np.float32), np.array([0, 1, 0]), ('a', 'b'), None)
+  page, array = page_data(report.report(est, data, []))
   assert array(page['hits'], dtype).tolist() == [1, counts[0, 1] // 2, 0]
   assert array(page['counts'], dtype).tolist() == counts[0].tolist()

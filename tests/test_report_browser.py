@@ -69,7 +69,7 @@ def view_indices(driver):
 @pytest.fixture(scope='module')
 def labels(mnist_data_dir):
   """The real MNIST's labels, read through tfds, not from the report."""
-  return mnist.load_mnist(mnist_data_dir)[1]
+  return mnist.load_mnist(mnist_data_dir).y
 
 
 def errors(driver):

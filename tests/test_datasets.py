@@ -1,9 +1,14 @@
-"""C-scores of the user's own arrays (--data FILE.npz): images or features, any integer labels,
-and one line for each bad input, with nothing written."""
+"""Data sets (cscore/datasets.py): C-scores of the user's own arrays (--data FILE.npz), images or
+features, any integer labels, and one line for each bad input, with nothing written; a data set
+of tensorflow-datasets (--dataset)."""
+import os
+import shutil
+
 import numpy as np
 import pytest
 
 import mnist
+from cscore import cli, datasets, devices, errors
 from conftest import ROOT
 
 DIGITS_NPZ = ROOT / 'tests' / 'data' / 'digits.npz'  # see tests/data/README.md
@@ -25,31 +30,31 @@ def run(tmp_path, data, *flags):
 
 def test_uint8_images_of_one_channel_are_grayscale_pictures(tmp_path):
   x = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6, 1)
-  data = mnist.npz_data(save(tmp_path, x=x, y=[0, 1, 0, 1]))
+  data = datasets.npz_data(save(tmp_path, x=x, y=[0, 1, 0, 1]))
   assert data.shape == (5, 6) and data.x.shape == (4, 30) and data.x.dtype == np.uint8
   np.testing.assert_array_equal(data.x[1], np.arange(30, 60))  # pixels as they are
 
 
 def test_uint8_images_of_three_channels_are_colour_pictures(tmp_path):
-  data = mnist.npz_data(save(tmp_path, x=np.zeros((4, 2, 3, 3), np.uint8), y=[0, 1, 0, 1]))
+  data = datasets.npz_data(save(tmp_path, x=np.zeros((4, 2, 3, 3), np.uint8), y=[0, 1, 0, 1]))
   assert data.shape == (2, 3, 3) and data.x.shape == (4, 18)
 
 
 def test_features_are_standardized_per_feature_and_a_constant_one_is_zero(tmp_path):
   x = np.array([[1000.0, 0.1, 7], [3000.0, 0.3, 7]] * 2)
-  data = mnist.npz_data(save(tmp_path, x=x, y=[0, 1, 0, 1]))
+  data = datasets.npz_data(save(tmp_path, x=x, y=[0, 1, 0, 1]))
   # each column: (v - mean) / std, std of values a, b, a, b being |a - b| / 2
   np.testing.assert_array_equal(data.x, np.float32([[-1, -1, 0], [1, 1, 0]] * 2))
   assert data.shape is None and data.x.dtype == np.float32
 
 
 def test_labels_are_mapped_to_classes_in_sorted_order_with_their_names(tmp_path):
-  data = mnist.npz_data(save(tmp_path, 'cats.npz', x=np.zeros((4, 2)), y=[5, 3, 5, 5]))
+  data = datasets.npz_data(save(tmp_path, 'cats.npz', x=np.zeros((4, 2)), y=[5, 3, 5, 5]))
   assert data.y.tolist() == [1, 0, 1, 1] and data.label_values == (3, 5)
   assert data.class_names == ('3', '5') and data.name == 'cats'
-  named = mnist.npz_data(save(tmp_path, x=np.zeros((4, 2)), y=[5, 3, 5, 5], class_names=['cat', 'dog']))
+  named = datasets.npz_data(save(tmp_path, x=np.zeros((4, 2)), y=[5, 3, 5, 5], class_names=['cat', 'dog']))
   assert named.class_names == ('cat', 'dog')
-  as_bytes = mnist.npz_data(save(tmp_path, x=np.zeros((4, 2)), y=[5, 3, 5, 5], class_names=np.array([b'cat', b'dog'])))
+  as_bytes = datasets.npz_data(save(tmp_path, x=np.zeros((4, 2)), y=[5, 3, 5, 5], class_names=np.array([b'cat', b'dog'])))
   assert as_bytes.class_names == ('cat', 'dog')
 
 
@@ -130,7 +135,7 @@ def test_a_bad_npz_is_one_line_and_nothing_is_written(case, tmp_path, capsys):
 def test_data_too_large_for_this_machines_memory_is_refused_before_loading(tmp_path, capsys, monkeypatch):
   # 800,000 + 8,000 bytes of arrays, and 28 bytes a feature value to standardize: 3,608,000 bytes
   path = save(tmp_path, x=np.zeros((1000, 100)), y=np.arange(1000) % 2)
-  monkeypatch.setattr(mnist, 'available_memory', lambda: 2_000_000)
+  monkeypatch.setattr(devices, 'available_memory', lambda: 2_000_000)
   monkeypatch.setattr(np, 'load', None)  # nothing may be loaded
   code, out = run(tmp_path, path)
   err = capsys.readouterr().err
@@ -140,11 +145,11 @@ def test_data_too_large_for_this_machines_memory_is_refused_before_loading(tmp_p
 
 def test_the_memory_needed_is_read_from_the_headers(tmp_path):
   path = save(tmp_path, x=np.zeros((10, 7), np.float32), y=np.zeros(10, np.int16))
-  members = mnist.npz_members(path)
+  members = datasets.npz_members(path)
   assert members == {'x': ((10, 7), np.float32), 'y': ((10,), np.int16)}
-  assert mnist.npz_memory(members) == 10 * 7 * 4 + 10 * 2 + 28 * 70  # features: standardized
+  assert datasets.npz_memory(members) == 10 * 7 * 4 + 10 * 2 + 28 * 70  # features: standardized
   images = {'x': ((10, 8, 8), np.dtype(np.uint8))}
-  assert mnist.npz_memory(images) == 2 * 640  # images: one copy more
+  assert datasets.npz_memory(images) == 2 * 640  # images: one copy more
 
 
 @pytest.mark.parametrize('argv, says', [
@@ -155,7 +160,7 @@ def test_the_memory_needed_is_read_from_the_headers(tmp_path):
 ])
 def test_flags_that_mix_data_sources_or_abbreviate_are_refused(argv, says, capsys):
   with pytest.raises(SystemExit) as exit:
-    mnist.parse_args(argv)
+    cli.parse_args(argv, mnist.Config())
   assert exit.value.code == 2 and says in capsys.readouterr().err
 
 
@@ -170,21 +175,12 @@ def test_a_store_refuses_another_data_sets_runs_naming_both(tmp_path, capsys):
   assert err.count('\n') == 1 and "store has 'first 40:" in err and "this run 'second 40:" in err
 
 
-def test_training_that_diverges_is_one_line_and_stores_nothing_of_that_group(tmp_path, capsys):
-  x, y = np.eye(40, 4) * 10, np.arange(40) % 2
-  code, out = run(tmp_path, save(tmp_path, x=x, y=y), '--learning-rate', '1e30', '--epochs', '3')
-  errors = [line for line in capsys.readouterr().err.splitlines() if 'error' in line]
-  assert code == 1 and len(errors) == 1
-  assert 'training diverged at ratio 0.50' in errors[0] and '--learning-rate (now 1e+30)' in errors[0]
-  assert [f for f in (out / mnist.STORE_DIR).iterdir() if f.name.startswith('runs-')] == []
-
-
 # --- A data set of tensorflow-datasets (mock data: no download) -----------------------------------
 
 @pytest.mark.parametrize('name, first_class', [('fashion_mnist', 'T-shirt/top'), ('cifar10', None)])
 def test_a_tfds_image_data_set_is_scored_from_mock_data(name, first_class, tmp_path, capsys, monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
-  monkeypatch.setattr(mnist, 'network_reachable', lambda *args, **kwargs: True)  # mock_data downloads nothing
+  monkeypatch.setattr(datasets, 'network_reachable', lambda *args, **kwargs: True)  # mock_data downloads nothing
   with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_CODE):
     out = tmp_path / 'out'
     code = mnist.main(['--dataset', name, '--data-dir', str(tmp_path / 'tfds'), '--out-dir', str(out),
@@ -209,9 +205,9 @@ def test_a_tfds_name_that_cannot_be_scored_is_one_line_and_nothing_is_written(na
 
 
 def test_a_tfds_train_split_too_large_for_this_machine_is_refused(mnist_data_dir, monkeypatch):
-  monkeypatch.setattr(mnist, 'available_memory', lambda: 50 * 2**20)
-  with pytest.raises(mnist.CScoreError, match='this machine has 50.0 MB available'):
-    mnist.tfds_builder('mnist', str(mnist_data_dir))  # 60,000 x (784 + 8) bytes, x 2
+  monkeypatch.setattr(devices, 'available_memory', lambda: 50 * 2**20)
+  with pytest.raises(errors.CScoreError, match='this machine has 50.0 MB available'):
+    datasets.tfds_builder('mnist', str(mnist_data_dir))  # 60,000 x (784 + 8) bytes, x 2
 
 
 def test_a_resume_accepts_the_same_file_even_if_standardizing_rounds_otherwise(tmp_path, monkeypatch, capsys):
@@ -220,7 +216,48 @@ def test_a_resume_accepts_the_same_file_even_if_standardizing_rounds_otherwise(t
   argv = ['--data', path, '--out-dir', str(out), '--epochs', '1', '--ratios', '0.5', '--hidden', '8']
   assert mnist.main([*argv, '--runs', '1']) == 0
   capsys.readouterr()
-  as_here = mnist.standardized  # another NumPy or CPU: the last bit of each value differs
-  monkeypatch.setattr(mnist, 'standardized', lambda x: np.nextafter(as_here(x), np.float32(np.inf)))
+  as_here = datasets.standardized  # another NumPy or CPU: the last bit of each value differs
+  monkeypatch.setattr(datasets, 'standardized', lambda x: np.nextafter(as_here(x), np.float32(np.inf)))
   assert mnist.main([*argv, '--runs', '2']) == 0, capsys.readouterr().err
   assert 'models in the estimate: 2' in capsys.readouterr().out
+
+
+# --- MNIST from its official files (--manual-dir) -------------------------------------------------
+
+def test_manual_dir_missing_a_file_is_an_error_naming_it(tmp_path, capsys):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  for name in datasets.MNIST_FILES[:3]:
+    (manual / name).write_bytes(b'')
+  code = mnist.main(['--manual-dir', str(manual), '--data-dir', str(tmp_path / 'tfds'),
+                     '--out-dir', str(tmp_path / 'out')])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count('\n') == 1 and datasets.MNIST_FILES[3] in err
+
+
+def test_no_data_and_no_network_says_how_to_use_manual_dir(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(datasets, 'network_reachable', lambda *a, **k: False)
+  monkeypatch.setattr(datasets, 'proxied', lambda: False)
+  code = mnist.main(['--data-dir', str(tmp_path / 'tfds'), '--out-dir', str(tmp_path / 'out')])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count('\n') == 1 and '--manual-dir' in err
+
+
+def test_a_manual_dir_that_is_not_a_folder_is_an_error_saying_so(tmp_path, capsys):
+  code = mnist.main(['--manual-dir', str(tmp_path / 'nowhere'), '--data-dir', str(tmp_path / 'tfds'),
+                     '--out-dir', str(tmp_path / 'out')])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count('\n') == 1 and 'is not a folder' in err
+
+
+def test_a_manual_dir_file_with_a_wrong_checksum_is_an_error_naming_it(tmp_path, capsys, manual_dir):
+  manual = tmp_path / 'manual'
+  shutil.copytree(manual_dir, manual)
+  bad = manual / 't10k-labels-idx1-ubyte.gz'
+  os.chmod(bad, 0o644)
+  bad.write_bytes(bad.read_bytes()[:1000])
+  code = mnist.main(['--manual-dir', str(manual), '--data-dir', str(tmp_path / 'tfds'),
+                     '--out-dir', str(tmp_path / 'out')])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count('\n') == 1
+  assert 't10k-labels-idx1-ubyte.gz' in err and 'checksum' in err
