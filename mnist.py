@@ -626,13 +626,13 @@ def main(argv=None):
                                                    tag, reader)
       trained, interrupted = (0, False) if reader else train_share(settings, data, store_dir, runs,
                                                                    args.shard, tag)
+      seconds = time.perf_counter() - start  # the command's time until now, not the outputs'
       if args.shard:  # a shard's own summary, with the runs the other shards stored meanwhile
         return shards.shard_lines(store_dir, store.load_runs(store_dir), settings, args.shard, trained), interrupted
       if not outputs.have_runs(store_dir, runs, settings, interrupted):
         return [], interrupted
       est = estimate(runs, settings, len(data.y))
       outputs.write_outputs(args.out_dir, data, est, runs, settings, examples_figure, tag)
-      seconds = time.perf_counter() - start
       return outputs.summary(store_dir, args.out_dir, est, data, runs, settings, trained, seconds), interrupted
 
   return cli.run(command)  # one line for an error a user can fix; Ctrl-C keeps the finished runs

@@ -42,7 +42,7 @@ class LazyTensorFlow(types.ModuleType):
   on this object, so later uses cost what a module's attribute costs."""
 
   def __getattr__(self, name):
-    if name.startswith('__'):  # a probe (copy, inspect, mock), not a use: no import for it
+    if name.startswith('__') and name != '__version__':  # a probe (copy, inspect, mock), not a use
       raise AttributeError(name)
     with native_stderr_silenced():
       import tensorflow

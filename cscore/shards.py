@@ -35,14 +35,13 @@ def seed_ranges(seeds):
 def missing_lines(store_dir, runs, config):
   """The command's runs not stored yet, per ratio as seed ranges, and (when shards were started
   on the store) by shard with the commands that train them; [] if none are missing."""
-  missing = missing_runs(runs, config)
+  records, missing = shard_records(store_dir), missing_runs(runs, config)  # (a bad record: an error)
   if not missing:
     return []
   count, total = sum(len(s) for s in missing.values()), len(config.ratios) * config.runs
   lines = [f'missing: {count} of the command\'s {total} runs are not stored yet ('
            + '; '.join(f'ratio {r:.2f}: seed{"s" if len(s) > 1 else ""} {seed_ranges(s)}'
                        for r, s in missing.items()) + ')']
-  records = shard_records(store_dir)
   if records:
     n = records[-1]['shards']  # the last N started on the store
     shards = ','.join(map(str, sorted({shard_of(r, s, n) for r, seeds in missing.items() for s in seeds})))

@@ -1,6 +1,8 @@
 """The whole script on the real MNIST, with a tiny protocol: outputs, resume, scores."""
+import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -128,3 +130,19 @@ def test_a_run_whose_stderr_is_a_file_logs_lines_without_carriage_returns(tiny_r
   _, result = tiny_run
   assert '\r' not in result.stderr
   assert result.stderr.splitlines()[-1].startswith('ratio 0.90, 8/8 models done: 100% of the work, ')
+
+
+def test_the_summarys_time_ends_before_the_outputs_are_written(tiny_run, mnist_data_dir, tmp_path, monkeypatch, capsys):
+  uninterrupted, _ = tiny_run
+  shutil.copytree(uninterrupted / store.STORE_DIR, tmp_path / store.STORE_DIR)
+  now = [0.0]
+  monkeypatch.setattr(time, 'perf_counter', lambda: now[0])
+  write = outputs.write_outputs
+
+  def slow_write(*args, **kwargs):  # an hour of writing: none of it is the command's own time
+    now[0] += 3600.0
+    return write(*args, **kwargs)
+
+  monkeypatch.setattr(outputs, 'write_outputs', slow_write)
+  assert mnist.main([*TINY, '--data-dir', str(mnist_data_dir), '--out-dir', str(tmp_path), '--estimate-only']) == 0
+  assert 'models trained now: 0 in 0:00:00; models in the estimate: 8' in capsys.readouterr().out

@@ -287,3 +287,10 @@ def test_merge_refuses_other_settings_and_a_folder_without_a_store(sharded, mnis
   assert mnist.main(['--out-dir', str(tmp_path / 'b'), *argv, str(dirs[0]), str(tmp_path / 'nothing-here')]) == 1
   err = capsys.readouterr().err
   assert err.count('\n') == 1 and 'nothing-here' in err and 'no results store' in err
+
+
+def test_an_unreadable_shard_record_is_an_error_even_when_no_run_is_missing(tmp_path):
+  (tmp_path / 'shards-2-00000000.json').write_text('{')  # cut short
+  config = mnist.Config(ratios=(0.5,), runs=1)
+  with pytest.raises(errors.CScoreError, match='is unreadable'):
+    shards.missing_lines(str(tmp_path), {(0.5, 0): None}, config)
