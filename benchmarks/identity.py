@@ -44,9 +44,12 @@ def compare(name, a, b):
   if not np.array_equal(np.load(os.path.join(a, 'cscores.npy')), np.load(os.path.join(b, 'cscores.npy')), equal_nan=True):
     different.append('cscores.npy')
   with np.load(os.path.join(a, 'cscores-details.npz')) as x, np.load(os.path.join(b, 'cscores-details.npz')) as y:
+    added = sorted(set(y.files) - set(x.files))  # members this checkout adds: new, not different
     for key in sorted(set(x.files) | set(y.files)):
-      if key not in x.files or key not in y.files:
-        different.append(f'{key} (only in {"the base" if key in x.files else "this checkout"})')
+      if key not in y.files:
+        different.append(f'{key} (missing here)')
+      elif key in added:
+        continue
       elif not np.array_equal(x[key], y[key], equal_nan=x[key].dtype.kind in 'fc'):
         different.append(key)
     members = len(set(x.files) & set(y.files))
@@ -56,7 +59,8 @@ def compare(name, a, b):
     if pages[0] != pages[1]:
       different.append('mnist-report.html')
   print(f'{name}: ' + (f'identical (cscores.npy, {members} members of cscores-details.npz, the report but '
-                       'for its training time)' if not different else f'DIFFERENT: {", ".join(different)}'))
+                       'for its training time)' if not different else f'DIFFERENT: {", ".join(different)}')
+        + (f'; added here: {", ".join(added)}' if added else ''))
   return not different
 
 

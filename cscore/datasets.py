@@ -131,7 +131,6 @@ def prepare_once(builder, manual_dir):
 def prepare(builder, manual_dir):
   """Downloads and prepares the data set (MNIST from manual_dir's official files, if given)."""
   name = 'MNIST' if builder.name == 'mnist' else builder.name
-  print(f'preparing {name} in {builder.data_dir} (once)', flush=True)
   config = mnist_download_config(manual_dir)
   if manual_dir is None and not proxied() and not network_reachable():
     if builder.name != 'mnist':
@@ -143,6 +142,7 @@ def prepare(builder, manual_dir):
         f'MNIST is not prepared in {builder.data_dir} and {MNIST_HOST} cannot be reached. '
         'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '
         f'({", ".join(MNIST_FILES)}).')
+  print(f'preparing {name} in {builder.data_dir} (once)', flush=True)  # once the checks have passed
   try:
     with contextlib.redirect_stdout(io.StringIO()):  # tfds' own lines: ours above says it
       builder.download_and_prepare(download_config=config)

@@ -54,11 +54,13 @@ def have_runs(store_dir, runs, config, interrupted=False):
 
 def write_outputs(out_dir, data, est, runs, config, examples_figure, tag=''):
   """Writes the Estimates `est` of the stored runs as the output files. The details also hold
-  the classes' names and, for an npz, the file's label of each class. examples_figure(data,
+  each example's class as trained (labels), the classes' names and each class's label in the
+  user's data (label_values: an npz's own labels; else 0 .. C-1). examples_figure(data,
   scores, path) draws the paper's figure (mnist.py's)."""
   path = {k: os.path.join(out_dir, name) for k, name in output_files(data.name, data.shape is not None).items()}
   classes = dict(class_names=np.array(data.class_names, dtype=str),
-                 label_values=np.array(data.label_values or range(len(data.class_names))))
+                 label_values=np.array(data.label_values or range(len(data.class_names))),
+                 labels=np.asarray(data.y))  # class_names[labels[i]] names example i's class
   files.write_atomically(path['scores'], lambda f: np.save(f, est.cscores.astype(np.float32)), tag)
   files.write_atomically(path['details'], lambda f: np.savez_compressed(f, **dataclasses.asdict(est), **classes), tag)
   page = report.report(est, data, report_facts(est, runs, config))
@@ -175,16 +177,16 @@ def summary_lines(est, runs, config, trained, seconds):
 
 def written_lines(out_dir, est, data):
   """The files written, each with its full path, and which to open first."""
-  figures, pictures = not np.isnan(est.cscores).all(), data.shape is not None
+  drawn, pictures = not np.isnan(est.cscores).all(), data.shape is not None
   paths = {k: os.path.abspath(os.path.join(out_dir, file))
-           for k, file in output_files(data.name, pictures).items() if figures or not file.endswith('.pdf')}
+           for k, file in output_files(data.name, pictures).items() if drawn or not file.endswith('.pdf')}
   width = max(map(len, paths.values()))
   lines = ['wrote:'] + [f'  {path:<{width}}  {OUTPUT_NOTES[k]}'
                         + (f' ({datasets.size_text(os.path.getsize(path))})' if k == 'report' else '')
                         for k, path in paths.items()]
-  if figures and pictures:
+  if drawn and pictures:
     lines.append(f'open first: {paths["examples"]}, the most typical and the most unusual examples')
-  elif figures:
+  elif drawn:
     lines.append(f'not written: the figures of examples ({data.name}-examples.pdf, '
                  f'{data.name}-memorized.pdf): x holds features, not images')
   return lines

@@ -243,6 +243,13 @@ def test_no_data_and_no_network_says_how_to_use_manual_dir(tmp_path, capsys, mon
   assert code == 1 and err.count('\n') == 1 and '--manual-dir' in err
 
 
+def test_offline_the_script_does_not_say_it_is_preparing_what_it_cannot(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(datasets, 'network_reachable', lambda *a, **k: False)
+  monkeypatch.setattr(datasets, 'proxied', lambda: False)
+  assert mnist.main(['--data-dir', str(tmp_path / 'tfds'), '--out-dir', str(tmp_path / 'out')]) == 1
+  assert 'preparing' not in capsys.readouterr().out
+
+
 def test_a_manual_dir_that_is_not_a_folder_is_an_error_saying_so(tmp_path, capsys):
   code = mnist.main(['--manual-dir', str(tmp_path / 'nowhere'), '--data-dir', str(tmp_path / 'tfds'),
                      '--out-dir', str(tmp_path / 'out')])

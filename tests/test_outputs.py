@@ -3,6 +3,7 @@ the lines of its summary and of the report's facts."""
 import numpy as np
 
 import mnist
+from cscore import datasets
 from cscore import outputs
 from cscore import store
 from conftest import A100_TF32, CPU, masks_only_run, mnist_like
@@ -29,6 +30,20 @@ def test_outputs_are_written_from_a_store(tmp_path):
     np.testing.assert_array_equal(details['standard_error'], est.standard_error)
   for name in ('mnist-examples.pdf', 'mnist-cscores.pdf', 'mnist-memorized.pdf'):
     assert (tmp_path / name).read_bytes()[:4] == b'%PDF'
+
+
+def test_the_details_name_each_examples_class_and_its_label_in_the_users_data(tmp_path):
+  n = 200
+  own = np.where(np.arange(n) % 3 == 0, 7, 3)  # the file's labels: 7 for every third example, else 3
+  y = (own == 7).astype(np.int32)  # the classes as trained, in sorted order of the labels: 3 -> 0, 7 -> 1
+  data = datasets.Data('mine', np.zeros((n, 4), np.float32), y, ('three', 'seven'), None, (3, 7))
+  stored, config = synthetic_runs((0.5,), 2, n), mnist.Config(ratios=(0.5,), runs=2)
+  outputs.write_outputs(str(tmp_path), data, mnist.estimate(stored, config, n), stored, config,
+                        mnist.examples_figure)
+  with np.load(tmp_path / 'cscores-details.npz', allow_pickle=False) as details:
+    assert details['labels'].dtype.kind == 'i'
+    np.testing.assert_array_equal(details['label_values'][details['labels']], own)
+    assert list(details['class_names'][details['labels'][:4]]) == ['seven', 'three', 'three', 'seven']
 
 
 def test_outputs_are_written_when_few_examples_have_a_score(tmp_path):
