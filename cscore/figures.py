@@ -92,7 +92,8 @@ def cscores_figure(est, data, path, hard=6):
     ax.plot(est.ratios, est.per_ratio[:, i], 'o-', color=f'C{k}',
             label=f'#{i}: label {data.class_names[data.y[i]]}, C = {est.cscores[i]:.2f}')
   ax.set(xlabel='subset ratio', ylabel='C_r: held-out accuracy on the example', ylim=(-0.03, 1.03),
-         title='hard examples (C from 0 to 0.5): held-out accuracy on them by subset ratio')
+         title='hard examples (C from 0 to 0.5): held-out accuracy on them by subset ratio\n'
+               '(a curve skips a ratio at which no run held the example out)')
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   per_row = (hard + 1) // 2

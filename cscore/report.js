@@ -90,10 +90,11 @@ function render() {
   state.page = Math.min(state.page, pages() - 1);
   const start = state.page * state.rows;
   $('table-body').innerHTML = Array.from(view.subarray(start, start + state.rows), row).join('');
-  $('count').textContent = `${view.length.toLocaleString('en')} examples` +
+  $('count').textContent = `${view.length.toLocaleString('en')} examples (ties by example #)` +
     (unscoredInView ? `, ${unscoredInView.toLocaleString('en')} without a ${KEY[state.key].name.split(' (')[0]} (last)` : '');
   $('page').textContent = `page ${state.page + 1} of ${pages()}`;
-  $('direction').textContent = state.dir > 0 ? 'lowest first' : 'highest first';
+  $('direction').textContent = state.dir > 0 ? 'sorted lowest first \u21c5' : 'sorted highest first \u21c5';
+  $('direction').title = 'reverse the order; equal values stay in order of example #';
   $('key').value = state.key;
   $('rule').textContent = KEY[state.key].rule;
   renderHead();

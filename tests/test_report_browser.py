@@ -134,6 +134,19 @@ def test_sorting_by_each_key_orders_the_examples_both_ways_with_no_value_last(re
     assert (steps >= 0).all() if direction == 'ascending' else (steps <= 0).all()
 
 
+def test_the_order_button_says_how_the_view_is_sorted_and_ties_keep_the_order_of_example_number(report):
+  driver, details = report
+  choose(driver, 'key', 'cscore')
+  button = by_id(driver, 'direction')
+  before = button.text
+  button.click()
+  assert {before, button.text} == {'sorted lowest first \u21c5', 'sorted highest first \u21c5'}
+  order = view_indices(driver)
+  scores = details['cscores'].astype(np.float32)[order]
+  tied = scores[:-1] == scores[1:]
+  assert tied.sum() > 1000 and (np.diff(order)[tied] > 0).all()
+
+
 def test_the_class_filter_shows_that_class_only(report, labels):
   driver, _ = report
   choose(driver, 'class', 7)
@@ -169,7 +182,7 @@ def test_an_example_without_a_score_shows_no_score_and_they_are_counted(report):
   driver, details = report
   unscored = int(np.isnan(details['cscores']).sum())
   assert unscored > 0, 'the tiny run leaves some examples never held out'
-  assert by_id(driver, 'count').text == f'60,000 examples, {unscored:,} without a C-score (last)'
+  assert by_id(driver, 'count').text == f'60,000 examples (ties by example #), {unscored:,} without a C-score (last)'
   by_id(driver, 'last').click()
   cells = driver.execute_script("return Array.from(document.querySelectorAll('#table-body tr.ex td:nth-child(4)'), td => td.textContent)")
   assert cells and set(cells) == {'no score'}
