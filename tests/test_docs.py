@@ -60,3 +60,74 @@ def test_every_link_to_a_section_leads_to_a_heading():
       assert anchor in anchors(texts.get(file) or file.read_text()), f'{where.name}: {target}#{anchor}'
       checked += 1
   assert checked > 5
+
+
+# --- Every `python mnist.py ...` in the README and docs/ works as pasted --------------------------
+
+PATH_FLAGS = ('--data', '--manual-dir', '--merge')  # inputs that must exist
+# A placeholder stands for the reader's own value: in capitals (FILE.npz, DIR, $OUT) or a shell
+# variable. For the flags whose values are parsed, a placeholder is given a valid value.
+SAMPLE = {'--shard': '0/2', '--runs': '4', '--seed': '0', '--models-at-once': '0'}
+
+
+def is_placeholder(word):
+  return '$' in word or '…' in word or re.fullmatch(r'[A-Z][A-Z0-9_]*(\.[a-z]+)?', word) is not None
+
+
+def pasted_commands(text):
+  """(line number, [argv]) of each `python mnist.py` command in a text, as a shell would split
+  it: from code blocks and inline code, without environment prefixes, comments and `&`."""
+  commands = []
+  for number, line in enumerate(text.splitlines(), 1):
+    for found in re.finditer(r'python mnist\.py([^`|\n]*)', line):
+      words = found.group(1).split('#')[0].replace('&', ' ').split()
+      commands.append((number, [w.strip('"\'') for w in words]))
+  return commands
+
+
+def test_the_pasted_commands_are_found_in_code_and_inline_and_lose_their_comments():
+  text = ('    CUDA_VISIBLE_DEVICES=$i python mnist.py --shard $i/$N &\n'
+          '| `python mnist.py --runs 4` | 36 |\n    python mnist.py --data x.npz   # your own\n')
+  assert pasted_commands(text) == [(1, ['--shard', '$i/$N']), (2, ['--runs', '4']), (3, ['--data', 'x.npz'])]
+
+
+def test_placeholders_are_capitals_or_shell_variables():
+  assert all(is_placeholder(w) for w in ('FILE.npz', 'DIR', '$OUT', '"$OUT"', '$i/$N', '…'))
+  assert not any(is_placeholder(w) for w in ('digits.npz', 'tests/data/digits.npz', 'results', '../shared/mnist'))
+
+
+def test_every_command_in_the_readme_and_docs_parses_and_names_inputs_that_exist():
+  from cscore import cli
+  import mnist
+  problems = []
+  for name, text in [('README.md', README), *sorted(DOCS.items())]:
+    written = set()  # folders an earlier command on the page writes (--out-dir)
+    for number, argv in pasted_commands(text):
+      argv = [w for w in argv if w != '$PROTOCOL']  # the page's protocol flags, spelled out above it
+      for i, word in enumerate(argv):
+        if is_placeholder(word) and i and argv[i - 1] in SAMPLE:
+          argv[i] = SAMPLE[argv[i - 1]]
+      try:
+        _, args = cli.parse_args(argv, mnist.Config())
+      except SystemExit as e:
+        if e.code:  # (--help exits 0)
+          problems.append(f'{name}:{number}: does not parse: {" ".join(argv)}')
+        continue
+      for path in [args.data, args.manual_dir, *(args.merge or [])]:  # from the checkout's folder
+        if path and not is_placeholder(path) and path not in written and not (ROOT / path).exists():
+          problems.append(f'{name}:{number}: {path} does not exist')
+      written.add(args.out_dir)
+  assert not problems, '\n'.join(problems)
+
+
+def test_the_own_data_pages_npz_commands_run_as_pasted_at_a_tiny_size(tmp_path, monkeypatch):
+  import mnist
+  commands = [argv for _, argv in pasted_commands(DOCS['own-data.md']) if '--data' in argv]
+  assert len(commands) >= 2
+  monkeypatch.chdir(ROOT)  # as pasted in the checkout, each into its own --out-dir, here under tmp_path
+  for argv in commands:
+    out = argv[argv.index('--out-dir') + 1]
+    argv = [w if w != out else str(tmp_path / out) for w in argv]
+    tiny = ['--runs', '2', '--epochs', '1', '--ratios', '0.5', '--hidden', '8', '--models-at-once', '2']
+    assert mnist.main(argv + tiny) == 0, argv  # later flags override the page's own
+    assert (tmp_path / out / 'cscores.npy').exists()
