@@ -618,6 +618,9 @@ def main(argv=None):
     tag = shards.process_tag(args.shard, reader)
     load_data = datasets.loader(args.data, args.dataset, args.data_dir,
                                 lambda: load_mnist(args.data_dir, args.manual_dir))
+    if args.prepare_only:  # the data alone, on a machine with internet, before an offline job array
+      devices.configure_tensorflow(train=False)
+      return datasets.prepared_lines(load_data(), args.data_dir), False
     with locks.lock_store(args.out_dir, args.shard, reader, existing=args.estimate_only and not args.merge):
       devices.configure_tensorflow(train=not reader)  # after the lock: a refused process answers at once
       data = load_data()

@@ -9,12 +9,15 @@ What it does, and prints as it goes:
   2. starts munged, slurmctld and slurmd with a configuration of its own, in a temporary folder
      (its own ports, state and logs; the node offers two stand-in "GPUs", since the script asks
      for one a task);
-  3. extracts cscores.sbatch from docs/scale.md, so that the tested text is the documented one,
-     and sets its "Edit" lines: this checkout, this Python's environment, a tiny protocol (4 runs
-     at ratios 0.5 and 0.9, 1 epoch) and N = 4, with --array=0-3 given to sbatch;
-  4. submits it from a folder outside the checkout, with the estimate as a job depending on the
-     array, as the docs do; requeues one task while it runs (scontrol requeue) and cancels
-     another before it starts (scancel);
+  3. prepares MNIST once, as the page's step 1 does (python mnist.py --prepare-only --data-dir,
+     with --manual-dir: this machine is offline), so that the tasks never need the network;
+     extracts cscores.sbatch, the CPU-only variant, from docs/scale.md, so that the tested text
+     is the documented one, sets its "Edit" lines (this checkout, this Python's environment, the
+     data folder, a tiny protocol: 4 runs at ratios 0.5 and 0.9, 1 epoch; N = 4) and saves it in
+     a folder of its own;
+  4. runs the page's submission lines (step 3) from another folder, with the script's path in
+     script= and --array=0-3 given to sbatch; requeues one task while it runs (scontrol requeue)
+     and cancels another before it starts (scancel);
   5. reads the estimate's log for the shards it says to run again, submits them as it says, then
      the estimate again;
   6. checks that the final cscores.npy and cscores-details.npz are bit-identical to one unsharded
@@ -70,10 +73,9 @@ def install():
 def slurm_conf(folder, host):
   cores = os.cpu_count()
   memory = devices.available_memory() // 2**20 // 2
-  # Two stand-in "GPUs": Slurm drops a GPU without a device file, and these are never opened
-  # (TaskPlugin=task/none constrains nothing); a job is given CUDA_VISIBLE_DEVICES, no GPU.
-  (folder / 'gres.conf').write_text(f'NodeName={host} Name=gpu File=/dev/null\n'
-                                    f'NodeName={host} Name=gpu File=/dev/zero\n')
+  # The node says it has 8 CPUs whatever this machine has (config_overrides), so that tasks of
+  # the script's --cpus-per-task=4 run as written, two at a time; TaskPlugin=task/none pins
+  # nothing, so each sees this machine's cores.
   return f'''ClusterName=cscores-test
 SlurmctldHost={host}
 SlurmctldPort=16817
@@ -101,8 +103,8 @@ SelectTypeParameters=CR_Core
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
-GresTypes=gpu
-NodeName={host} CPUs={cores} RealMemory={memory} Gres=gpu:2 State=UNKNOWN
+SlurmdParameters=config_overrides
+NodeName={host} CPUs={max(cores, 8)} RealMemory={memory} State=UNKNOWN
 PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 '''
 
@@ -157,19 +159,18 @@ def stop_daemons(folder, env):
   say(f'7. stopped {", ".join(stopped) or "nothing: no daemon was running"}')
 
 
-def documented_script():
-  """cscores.sbatch as docs/scale.md shows it."""
+def documented(name):
+  """A block of docs/scale.md, as the page shows it: 'cscores.sbatch' or 'submit'."""
   text = (ROOT / 'docs' / 'scale.md').read_text()
-  block = re.search(r'<!-- cscores.sbatch[^>]*-->\s*```bash\n(.*?)```', text, re.S)
+  block = re.search(rf'<!-- {re.escape(name)}[^>]*-->\s*```bash\n(.*?)```', text, re.S)
   if not block:
-    raise RuntimeError('docs/scale.md has no cscores.sbatch block')
+    raise RuntimeError(f'docs/scale.md has no {name} block')
   return block.group(1)
 
 
-def edited(script, out, data_dir, manual_dir):
+def edited(script, out, data_dir):
   """The documented script with its Edit lines set for this test, and nothing else changed."""
-  values = dict(CODE=str(ROOT), VENV=sys.prefix, OUT=str(out),
-                PROTOCOL=f'"{TINY} --data-dir {data_dir} --manual-dir {manual_dir}"', N=str(N))
+  values = dict(CODE=str(ROOT), VENV=sys.prefix, DATA=str(data_dir), OUT=str(out), PROTOCOL=f'"{TINY}"', N=str(N))
   for name, value in values.items():
     script, count = re.subn(rf'^{name}=("[^"]*"|\S+)', f'{name}={value}', script, count=1, flags=re.M)
     if count != 1:
@@ -189,11 +190,15 @@ def wait_for(env, job, timeout=1800):
     time.sleep(1)
 
 
-def submit_estimate(env, submit, after):
-  """The documented estimate: a job depending on `after`."""
-  return run('sbatch', '--parsable', f'--dependency=afterany:{after}', '--job-name=cscores-estimate',
-             '--output=cscores-estimate-%j.out', '--wrap', f'bash {submit}/cscores.sbatch estimate',
-             env=env, cwd=submit)
+def submit(env, where, script, array):
+  """The page's submission lines, run by bash in `where`, with `script` in script= and the
+  array's tasks given to sbatch; returns the ids of the array job and of the estimate."""
+  lines, count = re.subn(r'^script=\S+', f'script={script}', documented('submit'), count=1, flags=re.M)
+  lines, more = re.subn(r'sbatch --parsable "\$script"', f'sbatch --parsable --array={array} "$script"', lines)
+  if count != 1 or more != 1:
+    raise RuntimeError('the submission lines of docs/scale.md have changed: no script= or sbatch "$script"')
+  said = run('bash', '-euc', lines + 'echo "array job $jobid"\n', env=env, cwd=where)
+  return re.search(r'array job (\d+)', said).group(1), re.search(r'Submitted batch job (\d+)', said).group(1)
 
 
 def read(path):
@@ -227,14 +232,19 @@ def main():
   try:
     (folder / 'slurm').mkdir(exist_ok=True)
     env = start_daemons(folder / 'slurm')
-    submit, out, data_dir = folder / 'submit', folder / 'results', folder / 'tfds'
-    submit.mkdir(exist_ok=True)
-    (submit / 'cscores.sbatch').write_text(edited(documented_script(), out, data_dir, args.manual_dir))
-    say(f'3. cscores.sbatch from docs/scale.md, its Edit lines set (N = {N}, {TINY}), in {submit}')
+    where, scripts = folder / 'submit', folder / 'scripts'
+    out, data_dir = folder / 'results', folder / 'tfds'
+    where.mkdir(exist_ok=True)
+    scripts.mkdir(exist_ok=True)
+    said = run(sys.executable, str(ROOT / 'mnist.py'), '--prepare-only', '--data-dir', str(data_dir),
+               '--manual-dir', args.manual_dir, cwd=ROOT)
+    say(f'3. step 1, the data prepared once: {said.splitlines()[-1]}')
+    script = scripts / 'cscores.sbatch'
+    script.write_text(edited(documented('cscores.sbatch'), out, data_dir))
+    say(f'   cscores.sbatch from docs/scale.md (CPU-only), its Edit lines set (N = {N}, {TINY}), in {scripts}')
 
-    array = run('sbatch', '--parsable', f'--array=0-{N - 1}', 'cscores.sbatch', env=env, cwd=submit)
-    estimate = submit_estimate(env, submit, array)
-    say(f'4. submitted from {submit}: array job {array} (tasks 0-{N - 1}), estimate job {estimate} after it')
+    array, estimate = submit(env, where, script, f'0-{N - 1}')
+    say(f'4. submitted from {where}: array job {array} (tasks 0-{N - 1}), estimate job {estimate} after it')
     requeued = cancelled = None
     deadline = time.time() + 900
     while (requeued is None or cancelled is None) and time.time() < deadline:
@@ -244,7 +254,7 @@ def main():
         run('scancel', f'{array}_{cancelled}', env=env)
         say(f'   cancelled task {cancelled} before it started (scancel {array}_{cancelled})')
       training = [t for t, state in tasks.items() if state == 'RUNNING'
-                  and 'examples; shard' in read(submit / f'cscores-{array}_{t}.out')]
+                  and 'examples; shard' in read(where / f'cscores-{array}_{t}.out')]
       if requeued is None and training:
         requeued = training[0]
         time.sleep(2)
@@ -254,34 +264,32 @@ def main():
       time.sleep(0.5)
     wait_for(env, array)
     wait_for(env, estimate)
-    log = (submit / f'cscores-estimate-{estimate}.out').read_text()
+    log = (where / f'cscores-estimate-{estimate}.out').read_text()
     rerun = re.search(r'sbatch --array=([\d,]+) cscores\.sbatch', log)
     say(f'5. the estimate says: {next((l for l in log.splitlines() if l.startswith("missing by shard")), "(nothing missing)")}')
     check(rerun is not None and cancelled is not None and str(cancelled) in rerun.group(1).split(','),
           f'the estimate names the cancelled task {cancelled} among the shards to run again')
     if rerun:
-      again = run('sbatch', '--parsable', f'--array={rerun.group(1)}', 'cscores.sbatch', env=env, cwd=submit)
-      final = submit_estimate(env, submit, again)
-      say(f'   submitted as it says: sbatch --array={rerun.group(1)} cscores.sbatch (job {again}), '
+      again, final = submit(env, where, script, rerun.group(1))
+      say(f'   submitted as it says, by the page\'s rerun lines: sbatch --array={rerun.group(1)} "$script" (job {again}), '
           f'then the estimate (job {final})')
       wait_for(env, again)
       wait_for(env, final)
-      log = (submit / f'cscores-estimate-{final}.out').read_text()
+      log = (where / f'cscores-estimate-{final}.out').read_text()
       check('missing' not in log, 'the second estimate lists nothing missing')
 
     say('6. one unsharded process, for comparison ...')
     unsharded = folder / 'unsharded'
-    run(sys.executable, str(ROOT / 'mnist.py'), *TINY.split(), '--data-dir', str(data_dir),
-        '--manual-dir', args.manual_dir, '--out-dir', str(unsharded))
+    run(sys.executable, str(ROOT / 'mnist.py'), *TINY.split(), '--data-dir', str(data_dir), '--out-dir', str(unsharded))
     for name in ('cscores.npy', 'cscores-details.npz'):
       same = (out / name).exists() and (out / name).read_bytes() == (unsharded / name).read_bytes()
       check(same, f'{name} of the job array is bit-identical to one unsharded process\'s')
     runs = stored_runs(out)
     check(len(runs) == len(set(runs)) == 8, f'{len(set(runs))} runs stored, {len(runs) - len(set(runs))} of them twice')
     if requeued is not None:
-      attempts = (submit / f'cscores-{array}_{requeued}.out').read_text().count('examples; shard')
+      attempts = (where / f'cscores-{array}_{requeued}.out').read_text().count('examples; shard')
       check(attempts == 2, f'the requeued task\'s log kept both attempts ({attempts} openings)')
-    logs = sorted(submit.glob('cscores-*.out'))
+    logs = sorted(where.glob('cscores-*.out'))
     check(not any('\r' in p.read_text() for p in logs), f'no carriage return in the {len(logs)} logs')
   finally:
     stop_daemons(folder / 'slurm', env)

@@ -138,6 +138,10 @@ def parse_args(argv, defaults):
   p.add_argument('--manual-dir', default=None, metavar='DIR',
                  help='a folder holding the four official MNIST .gz files, for machines without '
                       'internet (default: none; MNIST is downloaded)')
+  p.add_argument('--prepare-only', action='store_true',
+                 help='prepare the data set in --data-dir (downloaded, or from --manual-dir) and '
+                      'exit, training nothing: on a machine with internet, before a job array on '
+                      'compute nodes without it (default: prepare when first needed)')
   p.add_argument('--fresh', action='store_true',
                  help='discard the results store in --out-dir and start over (default: resume)')
   p.add_argument('--shard', type=parse_shard, metavar='I/N',
@@ -155,6 +159,8 @@ def parse_args(argv, defaults):
     p.error(f'--seed + --runs must stay below 2^32 = {2**32}')
   together = [f for f, on in (('--shard', args.shard), ('--merge', args.merge),
                               ('--estimate-only', args.estimate_only)) if on]
+  if args.prepare_only and (together or args.fresh):
+    p.error(f'--prepare-only trains and writes nothing, unlike {(together or ["--fresh"])[0]}: use them in separate commands')
   if args.fresh and together:
     p.error(f'--fresh would discard runs that {together[0]} needs; use it alone')
   if args.shard and len(together) > 1:

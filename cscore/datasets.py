@@ -52,6 +52,14 @@ def loader(data, dataset, data_dir, mnist):
   return mnist
 
 
+def prepared_lines(data, data_dir):
+  """What --prepare-only prints: the data set, its size, and where later commands will find it."""
+  where = (f'in {data_dir}' if data_dir else "in tensorflow-datasets' default data dir "
+           '($TFDS_DATA_DIR, else ~/tensorflow_datasets)')
+  return [f'{data.name}: {len(data.y):,} training examples of {len(data.class_names)} classes, ready '
+          f'{where}; trained nothing. Commands with the same --data-dir now need no network.']
+
+
 def npz_data(path):
   """The user's own arrays from an .npz, loaded without pickle, in the file's order: x [n, ...]
   and y [n] integer labels, with class_names optional (in the sorted order of y's values).

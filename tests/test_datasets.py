@@ -268,3 +268,22 @@ def test_a_manual_dir_file_with_a_wrong_checksum_is_an_error_naming_it(tmp_path,
   err = capsys.readouterr().err
   assert code == 1 and err.count('\n') == 1
   assert 't10k-labels-idx1-ubyte.gz' in err and 'checksum' in err
+
+
+# --- --prepare-only: the data once, before an offline job array ----------------------------------
+
+def test_prepare_only_prepares_mnist_in_the_data_dir_trains_nothing_and_writes_no_outputs(manual_dir, tmp_path, capsys):
+  data_dir, out = tmp_path / 'tfds', tmp_path / 'out'
+  assert mnist.main(['--prepare-only', '--data-dir', str(data_dir), '--manual-dir', str(manual_dir),
+                     '--out-dir', str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert f'mnist: 60,000 training examples of 10 classes, ready in {data_dir}; trained nothing' in printed
+  assert (data_dir / 'mnist').is_dir() and not out.exists()
+
+
+def test_after_prepare_only_a_command_without_network_or_manual_dir_reads_the_prepared_data(
+    mnist_data_dir, tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(datasets, 'network_reachable', lambda *a, **k: False)  # a compute node offline
+  monkeypatch.setattr(datasets, 'proxied', lambda: False)
+  assert mnist.main(['--prepare-only', '--data-dir', str(mnist_data_dir)]) == 0
+  assert 'preparing' not in capsys.readouterr().out  # it was prepared: nothing to fetch

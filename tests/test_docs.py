@@ -1,5 +1,6 @@
 """The README and docs/: a first screen for a newcomer, links that lead somewhere, and tests
 named in the reliability table that exist."""
+import os
 import re
 
 from conftest import ROOT
@@ -14,14 +15,53 @@ def suite_tests():
           for path in (ROOT / 'tests').glob('test_*.py')}
 
 
-def test_the_first_screen_holds_the_two_commands_the_figure_and_a_table_of_agreement():
+def test_the_first_screen_holds_the_venv_the_install_a_first_look_and_the_full_command_with_its_cost():
   first = README.splitlines()[:40]
   text = '\n'.join(first)
-  assert '    pip install -r requirements.txt' in first and '    python mnist.py' in first
   assert '](docs/mnist-examples.png)' in text
-  rows = [line for line in first if line.startswith('| `python mnist.py')]
-  assert len(rows) >= 3 and 'Pearson' in text
-  assert any(row.startswith('| `python mnist.py` |') for row in rows)  # the README's own command
+  commands = [line.strip() for line in first if line.startswith('    ')]
+  venv = next(i for i, c in enumerate(commands) if '-m venv' in c and 'activate' in c)
+  install = commands.index('pip install -r requirements.txt')
+  first_look = commands.index('python mnist.py --runs 4')
+  full = commands.index('python mnist.py')
+  assert venv < install < first_look < full
+  assert any('--manual-dir' in c for c in commands[first_look:full])  # the offline flag beside it
+  assert re.search(r'GB', text)  # the install's size
+  before_full = '\n'.join(first[:next(i for i, line in enumerate(first) if line == '    python mnist.py')])
+  assert re.search(r'1,800 models: about [\d.]+ hours', before_full)  # the full protocol's cost
+  assert 'not yet measured' in before_full  # on a GPU, said plainly
+  assert 'docs/measurements.md' in text  # which CPU, where from
+
+
+def test_the_readme_is_at_most_250_lines():
+  assert len(README.splitlines()) <= 250
+
+
+def test_the_readme_links_every_page_of_docs():
+  linked = set(re.findall(r'\]\(docs/([\w-]+\.md)', README))
+  assert linked == set(DOCS)
+
+
+def test_the_readmes_outputs_tables_name_every_file_and_every_details_member_as_a_run_writes_them(first_run):
+  import numpy as np
+  out = first_run[0]
+  files = {m.group(1) for m in re.finditer(r'^\| `([\w.-]+/?)` \|', README, re.M)}
+  written = {p.name + ('/' if p.is_dir() else '') for p in out.iterdir()}
+  assert written <= files, written - files
+  rows = {}
+  for line in README.splitlines():
+    found = re.match(r'\| ((?:`\w+`(?:, )?)+) \| `\[([^]]*)\]` (\w+) \|', line)
+    if found:
+      for name in re.findall(r'`(\w+)`', found.group(1)):
+        rows[name] = (found.group(2), found.group(3))
+  details = np.load(out / 'cscores-details.npz')
+  assert set(rows) - {'cscores'} >= set(details.files) - {'cscores'} and set(rows) <= set(details.files) | {'cscores'}
+  sizes = {'L': len(details['ratios']), 'n': 60000, 'C': 10}
+  for name in details.files:
+    shape, dtype = rows[name]
+    assert details[name].shape == tuple(int(s) if s.strip().isdigit() else sizes[s.strip()] for s in shape.split(',') if s.strip()), name
+    kind = 'str' if details[name].dtype.kind == 'U' else str(details[name].dtype)
+    assert kind == dtype, (name, kind, dtype)
 
 
 def test_every_test_the_docs_name_exists():
@@ -45,10 +85,11 @@ def test_every_local_link_leads_to_a_file():
 
 
 def anchors(text):
-  """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces to
-  hyphens."""
+  """GitHub's anchors of a Markdown file's headings (lower case, punctuation dropped, spaces to
+  hyphens) and its named anchors."""
   headings = re.findall(r'^#+ (.+)$', text, re.M)
-  return {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-') for h in headings}
+  ids = re.findall(r'<a id="([\w-]+)"></a>', text)  # named anchors in a table
+  return {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-') for h in headings} | set(ids)
 
 
 def test_every_link_to_a_section_leads_to_a_heading():
@@ -131,3 +172,24 @@ def test_the_own_data_pages_npz_commands_run_as_pasted_at_a_tiny_size(tmp_path, 
     tiny = ['--runs', '2', '--epochs', '1', '--ratios', '0.5', '--hidden', '8', '--models-at-once', '2']
     assert mnist.main(argv + tiny) == 0, argv  # later flags override the page's own
     assert (tmp_path / out / 'cscores.npy').exists()
+
+
+def test_the_readmes_snippet_runs_as_pasted_after_a_run_and_shows_the_lowest_scored_examples(first_run, tmp_path):
+  import shutil
+  import subprocess
+  import sys
+  out, data_dir, _ = first_run
+  snippet = re.search(r'```python\n(.*?)```', README, re.S).group(1)
+  for name in ('cscores.npy', 'cscores-details.npz'):  # the run's folder, as the README says
+    shutil.copy(out / name, tmp_path / name)
+  env = dict(os.environ, TFDS_DATA_DIR=str(data_dir), MPLBACKEND='Agg')  # the data dir the run prepared
+  result = subprocess.run([sys.executable, '-c', snippet], cwd=tmp_path, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (tmp_path / 'lowest.png').stat().st_size > 10000
+
+
+def test_the_snippets_order_puts_ties_in_index_order_and_nan_last():
+  import numpy as np
+  scores = np.array([0.5, 0.0, np.nan, 0.0, 0.25, 0.0])
+  rule = re.search(r'lowest = (np\.argsort\([^)]*\))', README).group(1)
+  assert list(eval(rule)) == [1, 3, 5, 4, 0, 2]
