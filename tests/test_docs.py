@@ -193,3 +193,35 @@ def test_the_snippets_order_puts_ties_in_index_order_and_nan_last():
   scores = np.array([0.5, 0.0, np.nan, 0.0, 0.25, 0.0])
   rule = re.search(r'lowest = (np\.argsort\([^)]*\))', README).group(1)
   assert list(eval(rule)) == [1, 3, 5, 4, 0, 2]
+
+
+def scale_block(name):
+  return re.search(rf'<!-- {re.escape(name)}[^>]*-->\s*```bash\n(.*?)```', DOCS['scale.md'], re.S).group(1)
+
+
+def test_the_slurm_script_asks_for_cores_and_memory_and_reads_the_data_prepared_once():
+  script, page = scale_block('cscores.sbatch'), DOCS['scale.md']
+  assert '#SBATCH --cpus-per-task=' in script and '#SBATCH --mem=' in script
+  assert '--gres' not in script  # the CPU-only variant; the GPU one adds it
+  assert '    #SBATCH --gres=gpu:1' in page
+  assert script.count('--data-dir "$DATA"') == 2  # shards and estimate
+  assert page.index('python mnist.py --prepare-only --data-dir') < page.index('<!-- cscores.sbatch')
+
+
+def test_the_slurm_submission_names_the_script_by_its_path_so_any_folder_will_do():
+  lines = scale_block('submit')
+  assert '$PWD' not in lines and '"$script"' in lines and '--wrap "bash $script estimate"' in lines
+  assert re.match(r'script=~?/', lines)  # an absolute path, however the reader's folder
+
+
+def test_the_slurm_benchmark_sets_every_edit_line_of_the_documented_script(tmp_path):
+  import subprocess
+  import sys
+  sys.path.insert(0, str(ROOT / 'benchmarks'))
+  try:
+    import slurm
+  finally:
+    sys.path.remove(str(ROOT / 'benchmarks'))
+  script = slurm.edited(slurm.documented('cscores.sbatch'), tmp_path / 'out', tmp_path / 'tfds')
+  assert f'DATA={tmp_path / "tfds"}' in script and f'OUT={tmp_path / "out"}' in script and 'N=4' in script
+  assert subprocess.run(['bash', '-n'], input=script, text=True).returncode == 0
