@@ -11,7 +11,7 @@ four scores of the same runs with the published C-scores (benchmarks/agreement.p
   (b) learning speed: the fraction of epochs in which a model classified the example correctly,
       before the step that trained on it (scores only the examples some run trained on);
   (c) learning confidence: its mean probability of the label, likewise;
-  (d) the combined score of (a) and (c), whose weights come from the runs alone (README).
+  (d) the combined score of (a) and (c), whose weights come from the runs alone (docs/proxies.md).
 For each, Spearman's rho over all examples it scores and over the hard ones (published < 0.99),
 with the counts, and rho on the examples all of them score. The wall time is the whole
 command's, start-up, evaluation and figures included, on this machine.
@@ -121,7 +121,7 @@ def wall_time(seconds):
 
 
 def table(rows):
-  """The README's table: per score, rho all / hard (examples; hard ones)."""
+  """docs/proxies.md's table: per score, rho all / hard (examples; hard ones)."""
   lines = ['| budget | models | wall time | ' + ' | '.join(f'{name}: rho all / hard (examples; hard ones)' for name, _ in SCORES)
            + ' | on the examples all of them cover: ' + ' / '.join(name for name, _ in SCORES) + ' (examples) |',
            '| --- ' * (4 + len(SCORES)) + '|']

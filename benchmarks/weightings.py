@@ -22,7 +22,7 @@ looking at the published scores, is what a fixed weight could reach, not a metho
                                       group: cov(c_even - m, c_odd - m) / mean (c - m)^2
   groups, binomial noise              m + w (c - m), w = tau^2 / (tau^2 + se^2), se the C-score's
                                       standard error (Jeffreys) instead of the halves
-  mnist.py's combined score           w = tau^2 / (tau^2 + s^2 u), s^2 from the halves (README)
+  mnist.py's combined score           w = tau^2 / (tau^2 + s^2 u), s^2 from the halves (docs/proxies.md)
 """
 import argparse
 import pathlib

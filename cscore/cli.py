@@ -119,7 +119,7 @@ def parse_args(argv, defaults):
                  help=f'the first run seed (default: {d.seed})')
   p.add_argument('--precision', choices=('float32', 'bfloat16'), default=d.precision,
                  help='float32 (the default), or bfloat16: bf16 matmuls with float32 weights, '
-                      'loss and updates, faster on CPUs with native bf16 (see the README)')
+                      'loss and updates, faster on CPUs with native bf16 (see docs/agreement.md)')
   p.add_argument('--models-at-once', type=int_at_least(0), default=d.models_at_once, metavar='K',
                  help='models trained together (default: 0, chosen for the device: 8 on a '
                       "small CPU, as many as a quarter of a GPU's memory holds)")
@@ -159,6 +159,8 @@ def parse_args(argv, defaults):
     p.error(f'--seed + --runs must stay below 2^32 = {2**32}')
   together = [f for f, on in (('--shard', args.shard), ('--merge', args.merge),
                               ('--estimate-only', args.estimate_only)) if on]
+  if args.prepare_only and args.data:
+    p.error('--data is read from its file by every command: there is nothing to prepare')
   if args.prepare_only and (together or args.fresh):
     p.error(f'--prepare-only trains and writes nothing, unlike {(together or ["--fresh"])[0]}: use them in separate commands')
   if args.fresh and together:

@@ -136,6 +136,12 @@ def prepare_once(builder, manual_dir):
   return builder
 
 
+def tfds_name(builder):
+  """The name --dataset takes for a builder: fashion_mnist, emnist/digits."""
+  config = getattr(builder, 'builder_config', None)
+  return f'{builder.name}/{config.name}' if config and builder.name != 'mnist' else builder.name
+
+
 def prepare(builder, manual_dir):
   """Downloads and prepares the data set (MNIST from manual_dir's official files, if given)."""
   name = 'MNIST' if builder.name == 'mnist' else builder.name
@@ -144,8 +150,8 @@ def prepare(builder, manual_dir):
     if builder.name != 'mnist':
       raise errors.CScoreError(
           f'{name} is not prepared in {builder.data_dir} and the network cannot be reached. Prepare '
-          f'it on a machine online (tfds build {builder.name} --data_dir DIR), copy DIR here and pass '
-          'it as --data-dir.')
+          f'it on a machine online (python mnist.py --dataset {tfds_name(builder)} --prepare-only '
+          '--data-dir DIR), copy DIR here and pass it as --data-dir.')
     raise errors.CScoreError(
         f'MNIST is not prepared in {builder.data_dir} and {MNIST_HOST} cannot be reached. '
         'Offline, pass --manual-dir DIR, a folder holding the four official MNIST files '

@@ -65,6 +65,7 @@ def test_the_models_flags_override_the_papers_model():
     (['--prepare-only', '--shard', '0/2'], '--prepare-only trains and writes nothing, unlike --shard'),
     (['--prepare-only', '--estimate-only'], 'unlike --estimate-only'),
     (['--prepare-only', '--fresh'], 'unlike --fresh'),
+    (['--prepare-only', '--data', 'own.npz'], 'nothing to prepare'),
     (['--hidden', '512,0'], 'at least 1 unit'),
     (['--hidden', 'wide'], 'not a comma-separated list of whole numbers'),
     (['--learning-rate', '0'], 'above 0'),

@@ -287,3 +287,13 @@ def test_after_prepare_only_a_command_without_network_or_manual_dir_reads_the_pr
   monkeypatch.setattr(datasets, 'proxied', lambda: False)
   assert mnist.main(['--prepare-only', '--data-dir', str(mnist_data_dir)]) == 0
   assert 'preparing' not in capsys.readouterr().out  # it was prepared: nothing to fetch
+
+
+@pytest.mark.parametrize('name', ['fashion_mnist', 'emnist/digits'])
+def test_a_tfds_data_set_not_prepared_offline_names_the_command_that_prepares_it(name, tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(datasets, 'network_reachable', lambda *a, **k: False)
+  monkeypatch.setattr(datasets, 'proxied', lambda: False)
+  code = mnist.main(['--dataset', name, '--data-dir', str(tmp_path / 'tfds'), '--out-dir', str(tmp_path / 'out')])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count('\n') == 1
+  assert f'python mnist.py --dataset {name} --prepare-only --data-dir DIR' in err

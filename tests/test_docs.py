@@ -192,7 +192,7 @@ def test_the_snippets_order_puts_ties_in_index_order_and_nan_last():
   import numpy as np
   scores = np.array([0.5, 0.0, np.nan, 0.0, 0.25, 0.0])
   rule = re.search(r'lowest = (np\.argsort\([^)]*\))', README).group(1)
-  assert list(eval(rule)) == [1, 3, 5, 4, 0, 2]
+  assert list(eval(rule, {'np': np, 'scores': scores})) == [1, 3, 5, 4, 0, 2]
 
 
 def scale_block(name):
