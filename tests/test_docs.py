@@ -210,7 +210,7 @@ def test_the_slurm_script_asks_for_cores_and_memory_and_reads_the_data_prepared_
 
 def test_the_slurm_submission_names_the_script_by_its_path_so_any_folder_will_do():
   lines = scale_block('submit')
-  assert '$PWD' not in lines and '"$script"' in lines and '--wrap "bash $script estimate"' in lines
+  assert '$PWD' not in lines and '"$script"' in lines and '--wrap "bash \'$script\' estimate"' in lines
   assert re.match(r'script=~?/', lines)  # an absolute path, however the reader's folder
 
 
