@@ -7,8 +7,8 @@ What it does, and prints as it goes:
   1. installs Slurm and munge from the distribution's packages where they are missing (apt-get;
      it needs root, and without root it says so and stops);
   2. starts munged, slurmctld and slurmd with a configuration of its own, in a temporary folder
-     (its own ports, state and logs; the node offers two stand-in "GPUs", since the script asks
-     for one a task);
+     (its own ports, state and logs; the node declares 8 CPUs, so that tasks of the script's
+     --cpus-per-task=4 run as written on a smaller machine);
   3. prepares MNIST once, as the page's step 1 does (python mnist.py --prepare-only --data-dir,
      with --manual-dir: this machine is offline), so that the tasks never need the network;
      extracts cscores.sbatch, the CPU-only variant, from docs/scale.md, so that the tested text

@@ -195,8 +195,19 @@ def test_the_snippets_order_puts_ties_in_index_order_and_nan_last():
   assert list(eval(rule, {'np': np, 'scores': scores})) == [1, 3, 5, 4, 0, 2]
 
 
+def slurm_benchmark():
+  """benchmarks/slurm.py, which runs the page's blocks: its reading of them is the tests' too."""
+  import sys
+  sys.path.insert(0, str(ROOT / 'benchmarks'))
+  try:
+    import slurm
+  finally:
+    sys.path.remove(str(ROOT / 'benchmarks'))
+  return slurm
+
+
 def scale_block(name):
-  return re.search(rf'<!-- {re.escape(name)}[^>]*-->\s*```bash\n(.*?)```', DOCS['scale.md'], re.S).group(1)
+  return slurm_benchmark().documented(name)
 
 
 def test_the_slurm_script_asks_for_cores_and_memory_and_reads_the_data_prepared_once():
@@ -216,12 +227,7 @@ def test_the_slurm_submission_names_the_script_by_its_path_so_any_folder_will_do
 
 def test_the_slurm_benchmark_sets_every_edit_line_of_the_documented_script(tmp_path):
   import subprocess
-  import sys
-  sys.path.insert(0, str(ROOT / 'benchmarks'))
-  try:
-    import slurm
-  finally:
-    sys.path.remove(str(ROOT / 'benchmarks'))
+  slurm = slurm_benchmark()
   script = slurm.edited(slurm.documented('cscores.sbatch'), tmp_path / 'out', tmp_path / 'tfds')
   assert f'DATA={tmp_path / "tfds"}' in script and f'OUT={tmp_path / "out"}' in script and 'N=4' in script
   assert subprocess.run(['bash', '-n'], input=script, text=True).returncode == 0
